@@ -1,0 +1,163 @@
+//! How an image is stored in MongoDB and shown over HTTP: BSON with `id` as Int64 and
+//! timestamps as BSON dates (never strings, so they compare and index as dates).
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, Bson, Document};
+use serde_json::{Map, Value};
+
+use crate::event::{format_timestamp, ImageEvent};
+
+/// The fields every stored document keeps, whatever the projection: identity, version, state.
+pub const ALWAYS_KEPT: [&str; 3] = ["id", "updated_at", "deleted"];
+
+/// A BSON date from a chrono timestamp (millisecond precision).
+pub fn bson_date(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_millis(t.timestamp_millis())
+}
+
+/// JSON → BSON without extended-JSON interpretation: `{"$oid": …}` stays a plain object.
+pub fn json_to_bson(v: &Value) -> Bson {
+    match v {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Bson::Int64(i),
+            // u64 above i64::MAX and floats: the nearest double.
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(a) => Bson::Array(a.iter().map(json_to_bson).collect()),
+        Value::Object(o) => Bson::Document(
+            o.iter()
+                .map(|(k, v)| (k.clone(), json_to_bson(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// BSON → JSON for clients: dates as RFC 3339 with milliseconds, numbers as numbers.
+pub fn bson_to_json(v: &Bson) -> Value {
+    match v {
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Boolean(b) => Value::Bool(*b),
+        Bson::Int32(i) => Value::from(*i),
+        Bson::Int64(i) => Value::from(*i),
+        Bson::Double(d) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
+        Bson::String(s) => Value::String(s.clone()),
+        Bson::Array(a) => Value::Array(a.iter().map(bson_to_json).collect()),
+        Bson::Document(d) => Value::Object(document_fields_to_json(d)),
+        Bson::DateTime(d) => Value::String(
+            DateTime::from_timestamp_millis(d.timestamp_millis())
+                .map_or_else(|| d.timestamp_millis().to_string(), format_timestamp),
+        ),
+        Bson::ObjectId(o) => Value::String(o.to_hex()),
+        other => other.clone().into_relaxed_extjson(),
+    }
+}
+
+fn document_fields_to_json(d: &Document) -> Map<String, Value> {
+    d.iter()
+        .map(|(k, v)| (k.clone(), bson_to_json(v)))
+        .collect()
+}
+
+/// A stored image as clients see it: every field but MongoDB's internal `_id`.
+pub fn document_to_json(d: &Document) -> Value {
+    let mut m = document_fields_to_json(d);
+    m.remove("_id");
+    Value::Object(m)
+}
+
+/// Which fields of an event reach the database (`None`: all of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection(Option<Vec<String>>);
+
+impl Projection {
+    /// Keeps only `fields` (plus [`ALWAYS_KEPT`]).
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(fields: I) -> Self {
+        Self(Some(fields.into_iter().map(Into::into).collect()))
+    }
+
+    /// Keeps every field.
+    pub fn all() -> Self {
+        Self(None)
+    }
+
+    fn keeps(&self, field: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(list) => ALWAYS_KEPT.contains(&field) || list.iter().any(|f| f == field),
+        }
+    }
+}
+
+impl ImageEvent {
+    /// The document to store for this event, with only the fields `projection` keeps.
+    pub fn to_document(&self, projection: &Projection) -> Document {
+        let mut d = Document::new();
+        let mut put = |k: &str, v: Option<Bson>| {
+            if let Some(v) = v.filter(|_| projection.keeps(k)) {
+                d.insert(k, v);
+            }
+        };
+        put("id", Some(Bson::Int64(self.id.get())));
+        put("name", self.name.clone().map(Bson::String));
+        put("url", self.url.clone().map(Bson::String));
+        put("size", self.size.map(Bson::Int64));
+        put("width", self.width.map(Bson::Int64));
+        put("height", self.height.map(Bson::Int64));
+        put("label", self.label.clone().map(Bson::String));
+        put("user_id", self.user_id.map(Bson::Int64));
+        put("deleted", Some(Bson::Boolean(self.deleted)));
+        put(
+            "created_at",
+            self.created_at.map(|t| Bson::DateTime(bson_date(t))),
+        );
+        put(
+            "updated_at",
+            Some(Bson::DateTime(bson_date(self.updated_at))),
+        );
+        for (k, v) in &self.extra {
+            put(k, Some(json_to_bson(v)));
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::DEFAULT_MAX_EVENT_BYTES;
+
+    fn event() -> ImageEvent {
+        let json = r#"{"id":7,"name":"a.jpg","size":10,"deleted":true,"updated_at":"2025-12-10T20:21:54.123Z",
+            "created_at":"2025-12-01T00:00:00Z","tags":["x",1.5],"meta":{"$oid":"abc"}}"#;
+        ImageEvent::decode(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES).unwrap()
+    }
+
+    #[test]
+    fn timestamps_are_bson_dates_and_ids_int64() {
+        let d = event().to_document(&Projection::all());
+        assert!(matches!(d.get("updated_at"), Some(Bson::DateTime(_))));
+        assert!(matches!(d.get("created_at"), Some(Bson::DateTime(_))));
+        assert_eq!(d.get("id"), Some(&Bson::Int64(7)));
+        assert_eq!(d.get("deleted"), Some(&Bson::Boolean(true)));
+        // Unknown fields are kept, and `$oid` is not turned into an ObjectId.
+        assert!(matches!(d.get("meta"), Some(Bson::Document(_))));
+    }
+
+    #[test]
+    fn document_to_json_matches_the_event_json() {
+        let e = event();
+        let mut d = e.to_document(&Projection::all());
+        d.insert("_id", bson::oid::ObjectId::new());
+        assert_eq!(document_to_json(&d), e.to_json());
+    }
+
+    #[test]
+    fn projection_keeps_listed_and_required_fields_only() {
+        let d = event().to_document(&Projection::only(["name"]));
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["id", "name", "deleted", "updated_at"]);
+    }
+}

@@ -1,0 +1,22 @@
+//! leafsync-core: the domain library every leafsync binary is built on.
+//!
+//! - [`image`]: image types and ids; [`event`]: the producer contract and its strict decoder;
+//!   [`document`]: how an image is stored (BSON) and shown (JSON);
+//! - [`partitioner`]: murmur3 partitioning, the producer contract for ordering;
+//! - [`store`]: the MongoDB consumer database and its stale-safe batched write;
+//! - [`config`], [`telemetry`], [`trace_context`], [`shutdown`]: process plumbing, one place each.
+
+pub mod config;
+pub mod document;
+pub mod event;
+pub mod image;
+pub mod partitioner;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod trace_context;
+
+pub use config::{Config, ConfigError};
+pub use event::{DecodeError, ImageEvent};
+pub use image::{ImageId, ImageType};
+pub use store::{ErrorClass, Store, StoreError};
