@@ -8,7 +8,9 @@
 //! version is older or equal the filter matches and the document is replaced (equal ⇒ nothing
 //! changes ⇒ *unchanged*); when none exists it is inserted; when a newer one exists the filter
 //! misses, the upsert tries to insert a second `id` and the unique index refuses with E11000 ⇒
-//! *stale*. The statements of one command must touch distinct ids (the worker collapses a batch
+//! *stale*. Outcomes come from one indexed read of the stored versions before the write
+//! (portable: servers differ in how they count an identical replacement), and known-stale
+//! events are not sent at all. The statements of one command must touch distinct ids (the worker collapses a batch
 //! to the newest event per id), so they commute and unordered is safe: one failing statement
 //! never stops the others. An E11000 can also be a race with a concurrent insert of the same id
 //! (two workers during a rebalance), so those statements are tried once more; a second E11000
@@ -111,30 +113,37 @@ fn classify(e: &mongodb::error::Error) -> ErrorClass {
     }
 }
 
-/// A document the server refused for reasons of its own content (e.g. too large).
+/// What happened to one document of a batched write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    /// Index into the written slice.
-    pub index: usize,
-    /// Server error code.
-    pub code: i32,
-    /// Server message.
-    pub message: String,
+pub enum WriteOutcome {
+    /// Created.
+    Inserted,
+    /// Replaced an older version.
+    Updated,
+    /// The stored version has the same `updated_at`: an idempotent replay.
+    Unchanged,
+    /// A newer version is stored; nothing was written.
+    Stale,
+    /// Refused for its own content (e.g. too large); the caller dead-letters it.
+    Rejected {
+        /// Server error code (0 when the refusal came from the whole command).
+        code: i32,
+        /// Server message.
+        message: String,
+    },
 }
 
-/// What one batched write did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchResult {
-    /// Documents created.
-    pub inserted: u64,
-    /// Documents replaced by a newer or equal-but-different version.
-    pub updated: u64,
-    /// Documents already holding exactly this version.
-    pub unchanged: u64,
-    /// Indexes of writes refused because a newer version is stored.
-    pub stale: Vec<usize>,
-    /// Writes refused for their content; the caller dead-letters them.
-    pub rejected: Vec<Rejected>,
+impl WriteOutcome {
+    /// Label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WriteOutcome::Inserted => "inserted",
+            WriteOutcome::Updated => "updated",
+            WriteOutcome::Unchanged => "unchanged",
+            WriteOutcome::Stale => "stale",
+            WriteOutcome::Rejected { .. } => "rejected",
+        }
+    }
 }
 
 /// Handle to the consumer database.
@@ -272,40 +281,118 @@ impl Store {
     }
 
     /// Writes documents (each with `id` and `updated_at`, all ids distinct) with the stale
-    /// guard described in the module docs. `Err` means nothing can be said about which were
-    /// applied; retrying the same call is safe because every statement is idempotent.
+    /// guard described in the module docs, and says what happened to each, in order.
+    /// `Err` means nothing can be said about which were applied; retrying the same call is
+    /// safe because every statement is idempotent.
     pub async fn write_batch(
         &self,
         collection: &str,
         docs: &[Document],
-    ) -> Result<BatchResult, StoreError> {
-        let mut result = BatchResult::default();
-        let mut race_suspects = Vec::new();
-        for chunk in chunks(docs) {
-            self.update_command(collection, docs, &chunk, &mut result, &mut race_suspects)
-                .await?;
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        // One indexed read classifies every event exactly (inserted/updated/unchanged/stale);
+        // the write's own guard still decides, so a concurrent writer cannot make us regress.
+        let stored = self.stored_versions(collection, docs).await?;
+        let mut outcomes = Vec::with_capacity(docs.len());
+        let mut to_write = Vec::with_capacity(docs.len());
+        for (i, d) in docs.iter().enumerate() {
+            let new = d.get_datetime("updated_at").ok();
+            let outcome = match (d.get_i64("id").ok().and_then(|id| stored.get(&id)), new) {
+                (None, _) => WriteOutcome::Inserted,
+                (Some(old), Some(new)) if old > new => WriteOutcome::Stale,
+                (Some(old), Some(new)) if old == new => WriteOutcome::Unchanged,
+                (Some(_), _) => WriteOutcome::Updated,
+            };
+            if outcome != WriteOutcome::Stale {
+                to_write.push(i);
+            }
+            outcomes.push(outcome);
         }
-        if !race_suspects.is_empty() {
-            let mut second = Vec::new();
-            let mut again = BatchResult::default();
-            self.update_command(collection, docs, &race_suspects, &mut again, &mut second)
-                .await?;
-            result.inserted += again.inserted;
-            result.updated += again.updated;
-            result.unchanged += again.unchanged;
-            result.rejected.extend(again.rejected);
-            result.stale = second;
+        let mut duplicates = Vec::new();
+        for chunk in chunks(docs, &to_write) {
+            match self
+                .update_command(collection, docs, &chunk, &mut outcomes, &mut duplicates)
+                .await
+            {
+                Ok(()) => {}
+                // The whole command was refused, perhaps for one oversized document: write one
+                // by one so only the faulty document is rejected and the rest go through.
+                Err(e) if !e.is_transient() => {
+                    for &i in &chunk {
+                        self.write_one(collection, docs, i, &mut outcomes, &mut duplicates)
+                            .await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
-        result.stale.sort_unstable();
-        Ok(result)
+        if !duplicates.is_empty() {
+            // E11000 once may be a race with a concurrent insert of the same id; twice is stale.
+            let mut again = Vec::new();
+            self.update_command(collection, docs, &duplicates, &mut outcomes, &mut again)
+                .await?;
+            for i in again {
+                outcomes[i] = WriteOutcome::Stale;
+            }
+        }
+        Ok(outcomes)
     }
 
+    async fn stored_versions(
+        &self,
+        collection: &str,
+        docs: &[Document],
+    ) -> Result<std::collections::HashMap<i64, mongodb::bson::DateTime>, StoreError> {
+        let ids: Vec<i64> = docs.iter().filter_map(|d| d.get_i64("id").ok()).collect();
+        let mut cursor = self
+            .collection(collection)
+            .find(doc! {"id": {"$in": ids}})
+            .projection(doc! {"_id": 0, "id": 1, "updated_at": 1})
+            .await
+            .map_err(|e| StoreError::new("find versions", &e))?;
+        let mut out = std::collections::HashMap::with_capacity(docs.len());
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| StoreError::new("find versions", &e))?
+        {
+            if let (Ok(id), Ok(at)) = (d.get_i64("id"), d.get_datetime("updated_at")) {
+                out.insert(id, *at);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn write_one(
+        &self,
+        collection: &str,
+        docs: &[Document],
+        index: usize,
+        outcomes: &mut [WriteOutcome],
+        duplicates: &mut Vec<usize>,
+    ) -> Result<(), StoreError> {
+        match self
+            .update_command(collection, docs, &[index], outcomes, duplicates)
+            .await
+        {
+            Err(e) if e.class == ErrorClass::Permanent && is_document_fault(&e.message) => {
+                outcomes[index] = WriteOutcome::Rejected {
+                    code: 0,
+                    message: e.message,
+                };
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// One unordered `update` command over `indexes` of `docs`; records rejections in
+    /// `outcomes` and duplicate-key refusals in `duplicates`.
     async fn update_command(
         &self,
         collection: &str,
         docs: &[Document],
         indexes: &[usize],
-        result: &mut BatchResult,
+        outcomes: &mut [WriteOutcome],
         duplicates: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
         let updates: Vec<Document> = indexes
@@ -335,43 +422,51 @@ impl Store {
                 message: format!("write concern error: {wce}"),
             });
         }
-        let n = int_field(&reply, "n");
-        let modified = int_field(&reply, "nModified");
-        let upserted = reply.get_array("upserted").map_or(0, |a| a.len() as u64);
+        let Ok(errors) = reply.get_array("writeErrors") else {
+            return Ok(());
+        };
         let mut transient = None;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            for e in errors.iter().filter_map(Bson::as_document) {
-                let pos = int_field(e, "index") as usize;
-                let Some(&index) = indexes.get(pos) else {
-                    continue;
-                };
-                let code = e.get_i32("code").unwrap_or(0);
-                let message = e.get_str("errmsg").unwrap_or("").to_owned();
-                if code == DUPLICATE_KEY {
-                    duplicates.push(index);
-                } else if is_transient_code(code) {
-                    transient = Some(format!("write error {code}: {message}"));
-                } else {
-                    result.rejected.push(Rejected {
-                        index,
-                        code,
-                        message,
-                    });
-                }
+        for e in errors.iter().filter_map(Bson::as_document) {
+            let pos = int_field(e, "index") as usize;
+            let Some(&index) = indexes.get(pos) else {
+                continue;
+            };
+            let code = e.get_i32("code").unwrap_or(0);
+            let message = e.get_str("errmsg").unwrap_or("").to_owned();
+            if code == DUPLICATE_KEY {
+                duplicates.push(index);
+            } else if is_transient_code(code) {
+                transient = Some(format!("write error {code}: {message}"));
+            } else {
+                outcomes[index] = WriteOutcome::Rejected { code, message };
             }
         }
-        if let Some(message) = transient {
-            return Err(StoreError {
+        match transient {
+            Some(message) => Err(StoreError {
                 class: ErrorClass::Transient,
                 op: "update",
                 message,
-            });
+            }),
+            None => Ok(()),
         }
-        result.inserted += upserted;
-        result.updated += modified;
-        result.unchanged += n.saturating_sub(upserted).saturating_sub(modified);
-        Ok(())
     }
+}
+
+/// Whether a command-level refusal of a one-document write is that document's fault
+/// (size, field names) rather than the server's (auth, configuration).
+fn is_document_fault(message: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "too large",
+        "TooLarge",
+        "exceeds",
+        "size must be",
+        "BSONObjectTooLarge",
+        "DollarPrefixedFieldName",
+        "FieldPath",
+        "field name",
+        "nesting depth",
+    ];
+    SIGNS.iter().any(|s| message.contains(s))
 }
 
 fn int_field(d: &Document, key: &str) -> u64 {
@@ -383,12 +478,13 @@ fn int_field(d: &Document, key: &str) -> u64 {
     }
 }
 
-/// Splits indexes of `docs` into runs whose documents stay below the command size limit.
-fn chunks(docs: &[Document]) -> Vec<Vec<usize>> {
+/// Splits `indexes` of `docs` into runs whose documents stay below the command size limit.
+fn chunks(docs: &[Document], indexes: &[usize]) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
-    for (i, d) in docs.iter().enumerate() {
+    for &i in indexes {
+        let d = &docs[i];
         // Each statement carries the document plus a small filter; 2× is a safe bound.
         let size = mongodb::bson::to_vec(d).map_or(0, |v| v.len()) * 2 + 128;
         if !current.is_empty() && bytes + size > MAX_COMMAND_BYTES {
@@ -414,12 +510,14 @@ mod tests {
         let docs: Vec<Document> = (0..5)
             .map(|i| doc! {"id": i, "blob": big.clone()})
             .collect();
-        let c = chunks(&docs);
+        let c = chunks(&docs, &[0, 1, 2, 3, 4]);
         assert!(c.len() >= 3, "{c:?}");
         assert_eq!(c.concat(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(chunks(&docs, &[1, 3]).concat(), vec![1, 3]);
         let small: Vec<Document> = (0..500).map(|i| doc! {"id": i}).collect();
-        assert_eq!(chunks(&small).len(), 1);
-        assert!(chunks(&[]).is_empty());
+        let all: Vec<usize> = (0..500).collect();
+        assert_eq!(chunks(&small, &all).len(), 1);
+        assert!(chunks(&[], &[]).is_empty());
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! The Mongo store against the real (stand-in) server started by `scripts/stack up`.
+
+mod common;
+
+use leafsync_core::document::Projection;
+use leafsync_core::event::{ImageEvent, DEFAULT_MAX_EVENT_BYTES};
+use leafsync_core::store::{Store, WriteOutcome, DUPLICATE_KEY};
+use leafsync_core::ImageId;
+use mongodb::bson::{doc, Bson, Document};
+use WriteOutcome::*;
+
+fn event_doc(id: i64, ts: &str, label: &str) -> Document {
+    let json = format!(
+        r#"{{"id":{id},"updated_at":"{ts}","label":"{label}","created_at":"2025-01-01T00:00:00Z"}}"#
+    );
+    ImageEvent::decode(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES)
+        .unwrap()
+        .to_document(&Projection::all())
+}
+
+async fn store() -> Store {
+    let c = common::config();
+    let s = Store::connect(&c.mongo, "leafsync-test")
+        .await
+        .expect("MongoDB up (scripts/stack up)");
+    s.ensure_indexes(&["potato"]).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn upsert_read_back_and_count() {
+    let s = store().await;
+    let r = s
+        .write_batch(
+            "potato",
+            &[
+                event_doc(1, "2025-01-01T00:00:01Z", "healthy"),
+                event_doc(2, "2025-01-01T00:00:01Z", "late_blight"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, [Inserted, Inserted]);
+
+    let d = s
+        .get("potato", ImageId::new(2).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_str("label").unwrap(), "late_blight");
+    assert!(d.get("_id").is_none(), "the API never shows _id");
+    assert!(
+        matches!(d.get("updated_at"), Some(Bson::DateTime(_))),
+        "dates are BSON dates: {d}"
+    );
+    assert!(s
+        .get("potato", ImageId::new(3).unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Soft delete is an update like any other; counts see it.
+    let mut del = event_doc(2, "2025-01-01T00:00:02Z", "late_blight");
+    del.insert("deleted", true);
+    let r = s.write_batch("potato", &[del]).await.unwrap();
+    assert_eq!(r, [Updated]);
+    assert_eq!(s.count("potato", false).await.unwrap(), 1);
+    assert_eq!(s.count("potato", true).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn unique_index_rejects_a_duplicate_id() {
+    let s = store().await;
+    let coll = s.collection("potato");
+    coll.insert_one(doc! {"id": 7_i64}).await.unwrap();
+    let e = coll.insert_one(doc! {"id": 7_i64}).await.unwrap_err();
+    assert!(e.to_string().contains(&DUPLICATE_KEY.to_string()), "{e}");
+    // Idempotent: ensuring the index again is fine.
+    s.ensure_indexes(&["potato"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn stale_guard_outcomes() {
+    let s = store().await;
+    let v2 = event_doc(10, "2025-01-01T00:00:02Z", "v2");
+    assert_eq!(
+        s.write_batch("potato", &[v2.clone()]).await.unwrap(),
+        [Inserted]
+    );
+
+    // Older: never overwrites, reported stale.
+    let r = s
+        .write_batch("potato", &[event_doc(10, "2025-01-01T00:00:01Z", "v1")])
+        .await
+        .unwrap();
+    assert_eq!(r, [Stale]);
+
+    // Equal and identical: an idempotent replay.
+    let r = s.write_batch("potato", &[v2]).await.unwrap();
+    assert_eq!(r, [Unchanged]);
+
+    // Newer: replaces the whole document (fields absent from the event disappear).
+    let mut v3 = event_doc(10, "2025-01-01T00:00:03Z", "v3");
+    v3.remove("created_at");
+    let r = s
+        .write_batch(
+            "potato",
+            &[v3, event_doc(11, "2025-01-01T00:00:00Z", "new")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, [Updated, Inserted]);
+    let d = s
+        .get("potato", ImageId::new(10).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_str("label").unwrap(), "v3");
+    assert!(d.get("created_at").is_none());
+
+    // A mixed batch: each statement gets its own outcome, none blocks another.
+    let r = s
+        .write_batch(
+            "potato",
+            &[
+                event_doc(10, "2025-01-01T00:00:00Z", "old"),
+                event_doc(12, "2025-01-01T00:00:00Z", "new"),
+                event_doc(11, "2025-01-01T00:00:05Z", "newer"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, [Stale, Inserted, Updated]);
+    assert_eq!(
+        s.get("potato", ImageId::new(10).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .get_str("label")
+            .unwrap(),
+        "v3"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_document_is_rejected_alone() {
+    let s = store().await;
+    let mut huge = event_doc(21, "2025-01-01T00:00:00Z", "huge");
+    huge.insert("blob", "x".repeat(17 * 1024 * 1024));
+    let r = s
+        .write_batch(
+            "potato",
+            &[
+                event_doc(20, "2025-01-01T00:00:00Z", "ok"),
+                huge,
+                event_doc(22, "2025-01-01T00:00:00Z", "ok"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r[0], Inserted);
+    assert_eq!(r[2], Inserted);
+    assert!(
+        matches!(&r[1], Rejected { message, .. } if !message.is_empty()),
+        "{r:?}"
+    );
+    assert!(s
+        .get("potato", ImageId::new(21).unwrap())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_concurrent_newer_write_wins_over_the_guarded_upsert() {
+    // Two writers racing on one id (e.g. two workers during a rebalance): whatever the
+    // interleaving, the newest version is what stays.
+    let s = store().await;
+    let newer = [event_doc(30, "2025-01-01T00:00:09Z", "newer")];
+    let older = [event_doc(30, "2025-01-01T00:00:01Z", "older")];
+    let (a, b) = tokio::join!(
+        s.write_batch("potato", &newer),
+        s.write_batch("potato", &older)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let d = s
+        .get("potato", ImageId::new(30).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_str("label").unwrap(), "newer", "{a:?} {b:?}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_transient_error() {
+    let mut c = common::config();
+    c.mongo.uri =
+        leafsync_core::config::Secret::new("mongodb://127.0.0.1:1/?directConnection=true");
+    c.mongo.startup_timeout_ms = 500;
+    c.mongo.connect_timeout_ms = 200;
+    let e = Store::connect(&c.mongo, "leafsync-test").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("mongo.startup_timeout_ms"), "{e}");
+}
