@@ -218,7 +218,16 @@ impl Serialize for KafkaProperties {
 impl KafkaConfig {
     /// An rdkafka client config with the connection settings and pass-through properties.
     pub fn client_config(&self) -> rdkafka::ClientConfig {
+        self.client_config_with(&[])
+    }
+
+    /// Like [`client_config`](Self::client_config), starting from `defaults` that the
+    /// pass-through properties may override.
+    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
         c.set("bootstrap.servers", &self.bootstrap_servers);
         for (k, v) in &self.properties.0 {
             // Env vars cannot carry dots portably, so `SASL_PASSWORD` means `sasl.password`
@@ -428,6 +437,12 @@ impl Config {
         })?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// Loads from defaults and the environment, then applies `toml` (e.g. `a.b = 1` lines) on
+    /// top: for tests and tools that adjust a few keys of the process's config.
+    pub fn load_with_overrides(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(None)?.merge(Toml::string(toml)))
     }
 
     /// Parses a whole TOML document on top of the defaults (no environment): for tools and tests

@@ -1,0 +1,250 @@
+//! Routing and handlers. One warp filter extracts method, path, query and headers; routing is a
+//! plain `match`, so every status and body (404 vs 405 vs 400) is explicit and testable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leafsync_core::config::ms;
+use leafsync_core::document::document_to_json;
+use leafsync_core::{ImageId, ImageType, StoreError};
+use opentelemetry::propagation::Extractor;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use warp::http::{HeaderMap, Method, StatusCode};
+
+use crate::error::ApiError;
+use crate::State;
+
+/// A matched route, with its parameters already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /image-plant/{type}/{id}`.
+    Image(ImageType, ImageId),
+    /// `GET /image-plant/{type}/total`.
+    Total(ImageType, bool),
+    /// `GET /live`.
+    Live,
+    /// `GET /ready`.
+    Ready,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /openapi.json`.
+    OpenApi,
+}
+
+impl Route {
+    /// The route template, for metric labels and span names (bounded cardinality).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Image(..) => "/image-plant/{image_type}/{image_id}",
+            Route::Total(..) => "/image-plant/{image_type}/total",
+            Route::Live => "/live",
+            Route::Ready => "/ready",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+        }
+    }
+}
+
+fn parse_query(raw: &str) -> HashMap<String, String> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// Matches `method path?query` to a route, or says exactly what is wrong.
+pub fn route(method: &Method, path: &str, query: &str) -> Result<Route, ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let route = match segments.as_slice() {
+        ["live"] => Route::Live,
+        ["ready"] => Route::Ready,
+        ["metrics"] => Route::Metrics,
+        ["openapi.json"] => Route::OpenApi,
+        ["image-plant", image_type, rest] => {
+            let image_type: ImageType = image_type
+                .parse()
+                .map_err(|e: leafsync_core::image::UnknownImageType| ApiError::BadRequest(e.to_string()))?;
+            if *rest == "total" {
+                let include_deleted = match parse_query(query).get("include_deleted").map(String::as_str) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(other) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "include_deleted must be true or false, got {:?}",
+                            other.chars().take(40).collect::<String>()
+                        )))
+                    }
+                };
+                Route::Total(image_type, include_deleted)
+            } else {
+                let id: ImageId = rest.parse().map_err(|e: leafsync_core::image::InvalidImageId| ApiError::BadRequest(e.to_string()))?;
+                Route::Image(image_type, id)
+            }
+        }
+        _ => return Err(ApiError::NotFound(format!("{method} {}", path.chars().take(200).collect::<String>()))),
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed(method.to_string()));
+    }
+    Ok(route)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> warp::reply::Response {
+    let mut r = warp::reply::Response::new(body.to_string().into());
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("application/json"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("GET, HEAD"));
+    }
+    r
+}
+
+fn error_response(e: &ApiError) -> warp::reply::Response {
+    json_response(e.status(), &e.body())
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Bounds a store call by the request timeout; a slow or absent MongoDB becomes a 503.
+async fn bounded<T>(state: &State, op: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(ms(state.config.api.request_timeout_ms), op).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "database call failed");
+            Err(ApiError::Unavailable)
+        }
+        Err(_) => {
+            tracing::warn!("database call timed out");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, ApiError> {
+    match route {
+        Route::Image(t, id) => {
+            let coll = &state.config.types.get(*t).collection;
+            let span = tracing::info_span!("mongodb.find", otel.name = format!("find {coll}"), otel.kind = "client",
+                db.system = "mongodb", db.collection.name = %coll, db.operation.name = "find");
+            match bounded(state, state.store.get(coll, *id).instrument(span)).await? {
+                Some(doc) => Ok(json_response(StatusCode::OK, &document_to_json(&doc))),
+                None => Err(ApiError::ImageNotFound { image_type: t.to_string(), id: id.get() }),
+            }
+        }
+        Route::Total(t, include_deleted) => {
+            let coll = &state.config.types.get(*t).collection;
+            let n = bounded(state, async {
+                state
+                    .totals
+                    .get((*t, *include_deleted), || {
+                        let span = tracing::info_span!("mongodb.count", otel.name = format!("count {coll}"), otel.kind = "client",
+                            db.system = "mongodb", db.collection.name = %coll, db.operation.name = "count");
+                        state.store.count(coll, *include_deleted).instrument(span)
+                    })
+                    .await
+            })
+            .await?;
+            Ok(json_response(StatusCode::OK, &n.into()))
+        }
+        Route::Live => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        Route::Ready => {
+            let ok = state.ready().await;
+            let (status, word) = if ok { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not_ready") };
+            Ok(json_response(status, &serde_json::json!({"status": word, "database": ok})))
+        }
+        Route::Metrics => {
+            let mut r = warp::reply::Response::new(state.metrics.render().into());
+            r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            Ok(r)
+        }
+        Route::OpenApi => Ok(json_response(StatusCode::OK, &crate::openapi::document())),
+    }
+}
+
+/// Handles one request: routes it, serves it inside a server span, counts it.
+pub async fn handle(state: Arc<State>, method: Method, path: String, query: String, headers: HeaderMap) -> warp::reply::Response {
+    let started = Instant::now();
+    let routed = route(&method, &path, &query);
+    let template = routed.as_ref().map_or("unmatched", Route::template);
+    let span = tracing::info_span!("http.request", otel.name = format!("{method} {template}"), otel.kind = "server",
+        http.request.method = %method, http.route = template, url.path = %path, http.response.status_code = tracing::field::Empty);
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
+    let _ = span.set_parent(parent);
+    state.metrics.in_flight.inc();
+    let response = async {
+        match routed {
+            Ok(r) => serve(&state, &r).await.unwrap_or_else(|e| error_response(&e)),
+            Err(e) => error_response(&e),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    state.metrics.in_flight.dec();
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    state.metrics.requests.with_label_values(&[template, &status.to_string()]).inc();
+    state.metrics.latency.with_label_values(&[template]).observe(started.elapsed().as_secs_f64());
+    tracing::debug!(method = %method, route = template, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+/// How long `/ready` may take at most.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn routes_and_their_errors() {
+        let get = Method::GET;
+        assert_eq!(route(&get, "/image-plant/potato/42", ""), Ok(Route::Image(ImageType::Potato, ImageId::new(42).unwrap())));
+        assert_eq!(route(&Method::HEAD, "/image-plant/tomato/total", ""), Ok(Route::Total(ImageType::Tomato, false)));
+        assert_eq!(route(&get, "/image-plant/pepper/total", "include_deleted=true"), Ok(Route::Total(ImageType::Pepper, true)));
+        assert_eq!(route(&get, "/live", ""), Ok(Route::Live));
+        assert_eq!(route(&get, "/openapi.json", ""), Ok(Route::OpenApi));
+
+        let e = route(&get, "/image-plant/carrot/1", "").unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.to_string(), "unknown image type \"carrot\"; valid types are: potato, tomato, pepper");
+        for bad in ["0", "-1", "abc", "1.5", "99999999999999999999"] {
+            let e = route(&get, &format!("/image-plant/potato/{bad}"), "").unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.to_string().starts_with("image id must be an integer from 1 to"), "{e}");
+        }
+        let e = route(&get, "/image-plant/potato/total", "include_deleted=yes").unwrap_err();
+        assert_eq!(e.to_string(), "include_deleted must be true or false, got \"yes\"");
+        assert_eq!(route(&get, "/nope", "").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(route(&get, "/image-plant/potato/1/x", "").unwrap_err().status(), StatusCode::NOT_FOUND);
+        let e = route(&Method::POST, "/image-plant/potato/1", "").unwrap_err();
+        assert_eq!(e, ApiError::MethodNotAllowed("POST".into()));
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    proptest! {
+        // Whatever the path and method, routing answers a 4xx or a route: never a 5xx or a panic.
+        #[test]
+        fn routing_never_fails_with_a_server_error(path in "(/[a-z0-9\\-\\.%]{0,12}){0,4}", m in 0usize..5, q in "[a-z_=&]{0,20}") {
+            let method = [Method::GET, Method::HEAD, Method::POST, Method::DELETE, Method::PUT][m].clone();
+            if let Err(e) = route(&method, &path, &q) {
+                prop_assert!(e.status().is_client_error());
+            }
+        }
+    }
+}

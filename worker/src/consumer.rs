@@ -1,0 +1,310 @@
+//! Group membership and partition ownership (the pattern of Vector's Kafka source): one loop
+//! serves the consumer's main queue only so that its callbacks run; on *assign* a queue is split
+//! per partition and its task started before the callback returns; on *revoke* those tasks
+//! finish their batch within the drain deadline, then offsets are committed synchronously.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use leafsync_core::config::{ms, Config};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::partition::PartitionTask;
+use crate::Shared;
+
+/// The worker's consumer type.
+pub type LeafConsumer = StreamConsumer<WorkerContext>;
+
+struct PartitionHandle {
+    topic: String,
+    partition: i32,
+    stop: CancellationToken,
+    join: JoinHandle<()>,
+    stragglers: mpsc::UnboundedSender<OwnedMessage>,
+}
+
+/// Callbacks of the consumer, and the partition tasks they own.
+pub struct WorkerContext {
+    shared: Arc<Shared>,
+    consumer: OnceLock<Weak<LeafConsumer>>,
+    rt: Handle,
+    tasks: Mutex<HashMap<(String, i32), PartitionHandle>>,
+}
+
+impl WorkerContext {
+    fn new(shared: Arc<Shared>, rt: Handle) -> Self {
+        Self {
+            shared,
+            consumer: OnceLock::new(),
+            rt,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), PartitionHandle>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_partition(&self, consumer: &Arc<LeafConsumer>, topic: &str, partition: i32) {
+        let Some(image_type) = self.shared.config.types.by_topic(topic) else {
+            tracing::error!(
+                topic,
+                "assigned a topic that is not configured; ignoring it"
+            );
+            return;
+        };
+        let Some(queue) = consumer.split_partition_queue(topic, partition) else {
+            tracing::error!(topic, partition, "cannot split the partition queue");
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let task = PartitionTask {
+            topic: topic.to_owned(),
+            partition,
+            image_type,
+            queue,
+            stragglers: rx,
+            consumer: consumer.clone(),
+            shared: self.shared.clone(),
+            stop: stop.clone(),
+        };
+        let join = self.rt.spawn(task.run());
+        let handle = PartitionHandle {
+            topic: topic.to_owned(),
+            partition,
+            stop,
+            join,
+            stragglers: tx,
+        };
+        if let Some(old) = self.tasks().insert((topic.to_owned(), partition), handle) {
+            // Never two tasks for one partition: the old one must not store offsets anymore.
+            old.stop.cancel();
+            old.join.abort();
+        }
+        self.shared.metrics.assigned_partitions.inc();
+    }
+
+    /// Removes the tasks of `tpl`'s partitions (all of them when `None`).
+    fn take(&self, tpl: Option<&TopicPartitionList>) -> Vec<PartitionHandle> {
+        let mut tasks = self.tasks();
+        let keys: Vec<(String, i32)> = match tpl {
+            None => tasks.keys().cloned().collect(),
+            Some(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect(),
+        };
+        let taken: Vec<PartitionHandle> = keys.iter().filter_map(|k| tasks.remove(k)).collect();
+        self.shared
+            .metrics
+            .assigned_partitions
+            .sub(taken.len() as i64);
+        taken
+    }
+
+    /// A message the main queue returned: hand it to its partition's task, in order.
+    fn route_straggler(&self, msg: OwnedMessage) {
+        let key = (msg.topic().to_owned(), msg.partition());
+        match self.tasks().get(&key) {
+            Some(h) => {
+                if h.stragglers.send(msg).is_err() {
+                    tracing::warn!(topic = %key.0, partition = key.1, "partition task gone; message will be redelivered");
+                }
+            }
+            None => {
+                tracing::warn!(topic = %key.0, partition = key.1, "message for an unowned partition; it will be redelivered to its owner")
+            }
+        }
+    }
+
+    fn drain_blocking(&self, handles: Vec<PartitionHandle>) {
+        if handles.is_empty() {
+            return;
+        }
+        let deadline = ms(self.shared.config.worker.drain_timeout_ms);
+        // Callbacks run inside the consumer's poll, on a runtime worker thread.
+        tokio::task::block_in_place(|| self.rt.block_on(drain(handles, deadline)));
+    }
+}
+
+/// Stops `handles`' tasks, lets each finish its batch until `deadline`, aborts the rest (their
+/// uncommitted events are redelivered to the next owner and replayed idempotently).
+async fn drain(handles: Vec<PartitionHandle>, deadline: Duration) {
+    for h in &handles {
+        h.stop.cancel();
+    }
+    let until = tokio::time::Instant::now() + deadline;
+    for mut h in handles {
+        if tokio::time::timeout_at(until, &mut h.join).await.is_err() {
+            tracing::warn!(topic = %h.topic, partition = h.partition, "batch not finished within worker.drain_timeout_ms; its events will be redelivered");
+            h.join.abort();
+        }
+    }
+}
+
+fn commit(consumer: &impl Consumer<WorkerContext>, why: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(why, "offsets committed"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(why, error = %e, "offset commit failed; the events after the last commit will be redelivered")
+        }
+    }
+}
+
+impl ClientContext for WorkerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error (librdkafka keeps retrying)");
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                self.shared
+                    .metrics
+                    .rebalances
+                    .with_label_values(&["revoke"])
+                    .inc();
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "partitions revoked; draining them"
+                );
+                let handles = self.take(Some(tpl));
+                self.drain_blocking(handles);
+                if !base.assignment_lost() {
+                    commit(base, "revoke");
+                }
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.shared.health.set_joined();
+            self.shared
+                .metrics
+                .rebalances
+                .with_label_values(&["assign"])
+                .inc();
+            let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+                tracing::error!("consumer gone during assignment");
+                return;
+            };
+            let parts: Vec<String> = tpl
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            tracing::info!(partitions = ?parts, "partitions assigned");
+            for e in tpl.elements() {
+                self.start_partition(&consumer, e.topic(), e.partition());
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(partitions = offsets.count(), "offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; will retry at the next commit")
+            }
+        }
+    }
+}
+
+fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
+    let session = cfg.kafka.session_timeout_ms.to_string();
+    let commit = cfg.worker.commit_interval_ms.to_string();
+    let queued = cfg.worker.queued_max_kbytes.to_string();
+    let mut c = cfg.kafka.client_config_with(&[
+        ("group.id", &cfg.kafka.group_id),
+        ("client.id", worker_id),
+        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("session.timeout.ms", &session),
+        // Offsets are stored by the partition tasks after the write, and committed by
+        // librdkafka every commit interval (and synchronously on revoke and shutdown).
+        ("enable.auto.commit", "true"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.commit.interval.ms", &commit),
+        ("queued.max.messages.kbytes", &queued),
+        ("enable.partition.eof", "false"),
+    ]);
+    if let Some(id) = &cfg.worker.instance_id {
+        c.set("group.instance.id", id);
+    }
+    c
+}
+
+/// Joins the group and syncs until `shutdown`; then drains, commits and leaves.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = &shared.config;
+    let ctx = WorkerContext::new(shared.clone(), Handle::current());
+    let consumer: Arc<LeafConsumer> =
+        Arc::new(consumer_config(cfg, &shared.worker_id).create_with_context(ctx)?);
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+    let topics = cfg.types.topics();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    tracing::info!(group = %cfg.kafka.group_id, topics = ?topics, worker_id = %shared.worker_id, "joining consumer group");
+
+    let lag = tokio::spawn(crate::lag::report(consumer.clone(), shared.clone()));
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            m = consumer.recv() => match m {
+                Ok(msg) => consumer.context().route_straggler(msg.detach()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down: finishing in-flight batches");
+    lag.abort();
+    let handles = consumer.context().take(None);
+    drain(handles, ms(cfg.worker.drain_timeout_ms)).await;
+    commit(consumer.as_ref(), "shutdown");
+    // Dropping the last reference closes the consumer, which leaves the group (unless static
+    // membership is configured, which keeps the assignment for a restart).
+    tokio::task::spawn_blocking(move || drop(consumer)).await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The dead-letter topic: where bad events go, with the original key, value and headers, plus
+//! headers saying where the event came from and why it was refused.
+
+use std::time::Duration;
+
+use leafsync_core::config::{ms, Config};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+
+/// Header names written on every dead-lettered message.
+pub mod header {
+    /// Topic the event was read from.
+    pub const SOURCE_TOPIC: &str = "leafsync.source.topic";
+    /// Partition it was read from.
+    pub const SOURCE_PARTITION: &str = "leafsync.source.partition";
+    /// Its offset there.
+    pub const SOURCE_OFFSET: &str = "leafsync.source.offset";
+    /// Machine-readable reason (`not_json`, `invalid_id`, `rejected_by_database`, …).
+    pub const ERROR_KIND: &str = "leafsync.error.kind";
+    /// Human-readable reason.
+    pub const ERROR_MESSAGE: &str = "leafsync.error.message";
+    /// The worker that refused it.
+    pub const WORKER_ID: &str = "leafsync.worker.id";
+    /// When (RFC 3339).
+    pub const FAILED_AT: &str = "leafsync.failed_at";
+}
+
+/// Producer of dead letters.
+pub struct DeadLetter {
+    producer: FutureProducer,
+    topic: String,
+    worker_id: String,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl DeadLetter {
+    /// A producer for `kafka.dead_letter_topic`.
+    pub fn new(cfg: &Config, worker_id: &str) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = cfg
+            .kafka
+            .client_config()
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: cfg.kafka.dead_letter_topic.clone(),
+            worker_id: worker_id.to_owned(),
+            initial_backoff: ms(cfg.worker.retry.initial_backoff_ms),
+            max_backoff: ms(cfg.worker.retry.max_backoff_ms),
+        })
+    }
+
+    /// Produces `msg` to the dead-letter topic, retrying until the broker acknowledges it: the
+    /// source offset must never move past an event that is neither written nor dead-lettered.
+    pub async fn send(&self, msg: &OwnedMessage, kind: &str, reason: &str, metrics: &Metrics) {
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(h);
+            }
+        }
+        for (key, value) in [
+            (header::SOURCE_TOPIC, msg.topic()),
+            (header::SOURCE_PARTITION, partition.as_str()),
+            (header::SOURCE_OFFSET, offset.as_str()),
+            (header::ERROR_KIND, kind),
+            (header::ERROR_MESSAGE, reason),
+            (header::WORKER_ID, self.worker_id.as_str()),
+            (header::FAILED_AT, now.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).headers(headers.clone());
+            if let Some(k) = msg.key() {
+                record = record.key(k);
+            }
+            if let Some(v) = msg.payload() {
+                record = record.payload(v);
+            }
+            match self.producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    metrics
+                        .dead_lettered
+                        .with_label_values(&[msg.topic(), kind])
+                        .inc();
+                    tracing::warn!(
+                        topic = msg.topic(),
+                        partition = msg.partition(),
+                        offset = msg.offset(),
+                        kind,
+                        reason,
+                        outcome = "dead_lettered",
+                        "event dead-lettered"
+                    );
+                    return;
+                }
+                Err((e, _)) => {
+                    metrics
+                        .retries
+                        .with_label_values(&["dead_letter", "transient"])
+                        .inc();
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), "dead-letter produce failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}

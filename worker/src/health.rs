@@ -1,0 +1,97 @@
+//! What `/live` and `/ready` report: group membership, the database, and whether any partition
+//! task has been stuck on one batch for too long.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Shared liveness/readiness state.
+#[derive(Default)]
+pub struct Health {
+    joined: AtomicBool,
+    busy: Mutex<HashMap<(String, i32), Instant>>,
+    ping: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl Health {
+    /// The worker received its first assignment: it is a member of the group.
+    pub fn set_joined(&self) {
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the worker has joined its group.
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    /// A partition task started (`true`) or finished (`false`) a batch.
+    pub fn set_busy(&self, topic: &str, partition: i32, busy: bool) {
+        let mut map = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if busy {
+            map.insert((topic.to_owned(), partition), Instant::now());
+        } else {
+            map.remove(&(topic.to_owned(), partition));
+        }
+    }
+
+    /// Partitions busy on one batch for longer than `bound`, as `topic/partition`.
+    pub fn stuck(&self, bound: Duration) -> Vec<String> {
+        let map = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = map
+            .iter()
+            .filter(|(_, since)| since.elapsed() > bound)
+            .map(|((t, p), _)| format!("{t}/{p}"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The database's answer, cached for `ttl` so probes don't hammer it.
+    pub async fn database_ok<F, Fut>(&self, ttl: Duration, ping: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut cached = self.ping.lock().await;
+        if let Some((at, ok)) = *cached {
+            if at.elapsed() < ttl {
+                return ok;
+            }
+        }
+        let ok = ping().await;
+        *cached = Some((Instant::now(), ok));
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuck_partitions_are_reported_until_they_finish() {
+        let h = Health::default();
+        h.set_busy("potato", 3, true);
+        assert!(h.stuck(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(h.stuck(Duration::from_millis(10)), ["potato/3"]);
+        h.set_busy("potato", 3, false);
+        assert!(h.stuck(Duration::from_millis(10)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn database_answer_is_cached() {
+        let h = Health::default();
+        assert!(
+            h.database_ok(Duration::from_secs(60), || async { true })
+                .await
+        );
+        // Cached: the failing ping is not even called.
+        assert!(
+            h.database_ok(Duration::from_secs(60), || async { false })
+                .await
+        );
+        assert!(!h.database_ok(Duration::ZERO, || async { false }).await);
+    }
+}

@@ -1,0 +1,79 @@
+//! leafsync-worker: the consumer job. Stateless processes in one consumer group keep the
+//! consumer database equal to the newest state of every image.
+//!
+//! Where things happen: [`consumer`] (group membership, partition ownership, commit on revoke
+//! and shutdown), [`partition`] (one task per partition: gather, decode, write, store offset),
+//! [`batch`] (collapsing a batch to the newest event per id), [`dead_letter`] (bad events),
+//! [`admin`] (`/live`, `/ready`, `/metrics`).
+
+pub mod admin;
+pub mod backoff;
+pub mod batch;
+pub mod consumer;
+pub mod dead_letter;
+pub mod health;
+pub mod lag;
+pub mod metrics;
+pub mod partition;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use leafsync_core::{Config, ImageType, Store};
+use tokio_util::sync::CancellationToken;
+
+/// Process-wide state shared by the consumer callbacks, the partition tasks and the admin port.
+pub struct Shared {
+    /// Effective configuration.
+    pub config: Config,
+    /// The consumer database.
+    pub store: Store,
+    /// Producer of dead letters.
+    pub dead_letter: dead_letter::DeadLetter,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+    /// Liveness and readiness.
+    pub health: health::Health,
+    /// This worker's id in logs, dead-letter headers and the group.
+    pub worker_id: String,
+}
+
+/// This worker's id: the configured instance id, or host name and process id.
+pub fn worker_id(config: &Config) -> String {
+    config.worker.instance_id.clone().unwrap_or_else(|| {
+        let host =
+            hostname::get().map_or_else(|_| "worker".into(), |h| h.to_string_lossy().into_owned());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+/// Connects to MongoDB (bounded by the start-up timeout), ensures the indexes, starts the admin
+/// port, then syncs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let worker_id = worker_id(&config);
+    let store = Store::connect(&config.mongo, "leafsync-worker").await?;
+    let collections = ImageType::ALL.map(|t| config.types.get(t).collection.as_str());
+    store
+        .ensure_indexes(&collections)
+        .await
+        .context("cannot create the unique index on `id`")?;
+    let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id)
+        .context("cannot create the dead-letter producer")?;
+    let admin_addr = config.worker.admin_addr;
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        dead_letter,
+        metrics: metrics::Metrics::new(),
+        health: health::Health::default(),
+        worker_id,
+    });
+    let (addr, admin) = admin::start(admin_addr, shared.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on worker.admin_addr {admin_addr}"))?;
+    tracing::info!(%addr, "admin port: /live /ready /metrics");
+    let result = consumer::run(shared, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin.await;
+    result
+}

@@ -1,0 +1,400 @@
+//! Shared helpers for the worker's integration tests: real worker processes against the real
+//! (stand-in) Kafka and MongoDB servers started by `scripts/stack`.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use leafsync_core::config::Config;
+use leafsync_core::kafka_admin::ensure_topics;
+use leafsync_core::{ImageType, Store};
+use leafsync_loadtest::expected::Expected;
+use leafsync_loadtest::generator::{GenConfig, Generated, Generator};
+use leafsync_loadtest::producer::EventProducer;
+use leafsync_loadtest::verify::{self, Report};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+
+pub const PARTITIONS: i32 = 6;
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}{}x{:x}x{}",
+        std::process::id(),
+        nanos % 0xffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A private stack (own ports, own data) for tests that stop or restart a server.
+pub struct PrivateStack {
+    env: Vec<(String, String)>,
+    pub kafka: String,
+    pub mongo_uri: String,
+}
+
+impl PrivateStack {
+    pub fn start(kafka_storage: &str) -> Self {
+        let (kp, mp) = (free_port(), free_port());
+        let run = std::env::temp_dir().join(unique("leafsync-stack-"));
+        let env = vec![
+            ("LEAFSYNC_STACK_KAFKA_PORT".to_owned(), kp.to_string()),
+            ("LEAFSYNC_STACK_MONGO_PORT".to_owned(), mp.to_string()),
+            (
+                "LEAFSYNC_STACK_KAFKA_STORAGE".to_owned(),
+                kafka_storage.to_owned(),
+            ),
+            ("LEAFSYNC_STACK_RUN".to_owned(), run.display().to_string()),
+            // Topics are created per test.
+            ("LEAFSYNC_STACK_TOPICS".to_owned(), String::new()),
+            ("LEAFSYNC_STACK_DLQ_TOPIC".to_owned(), String::new()),
+        ];
+        let s = Self {
+            env,
+            kafka: format!("127.0.0.1:{kp}"),
+            mongo_uri: format!("mongodb://127.0.0.1:{mp}/?directConnection=true"),
+        };
+        s.stack("up");
+        s
+    }
+
+    pub fn stack(&self, cmd: &str) {
+        let st = Command::new(repo_root().join("scripts/stack"))
+            .arg(cmd)
+            .envs(self.env.iter().cloned())
+            .status()
+            .unwrap();
+        assert!(st.success(), "scripts/stack {cmd} failed");
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        self.stack("reset");
+    }
+}
+
+/// One test's isolated slice of a stack: its own topics, group, dead-letter topic, database.
+pub struct TestEnv {
+    pub config: Config,
+    pub store: Store,
+    pub name: String,
+    overrides: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with_servers(None).await
+    }
+
+    /// On a private stack instead of the shared one.
+    pub async fn on(stack: &PrivateStack) -> Self {
+        Self::with_servers(Some((stack.kafka.clone(), stack.mongo_uri.clone()))).await
+    }
+
+    async fn with_servers(servers: Option<(String, String)>) -> Self {
+        let name = unique("t");
+        let mut overrides = vec![
+            (
+                "LEAFSYNC__KAFKA__GROUP_ID".to_owned(),
+                format!("{name}.workers"),
+            ),
+            (
+                "LEAFSYNC__KAFKA__DEAD_LETTER_TOPIC".to_owned(),
+                format!("{name}.dlq"),
+            ),
+            ("LEAFSYNC__MONGO__DATABASE".to_owned(), name.clone()),
+            (
+                "LEAFSYNC__WORKER__DRAIN_TIMEOUT_MS".to_owned(),
+                "5000".to_owned(),
+            ),
+            (
+                "LEAFSYNC__KAFKA__SESSION_TIMEOUT_MS".to_owned(),
+                "10000".to_owned(),
+            ),
+            (
+                "LEAFSYNC__WORKER__RETRY__MAX_BACKOFF_MS".to_owned(),
+                "1000".to_owned(),
+            ),
+        ];
+        for t in ImageType::ALL {
+            overrides.push((
+                format!("LEAFSYNC__TYPES__{}__TOPIC", t.as_str().to_uppercase()),
+                format!("{name}.{t}"),
+            ));
+        }
+        if let Some((kafka, mongo)) = servers {
+            overrides.push(("LEAFSYNC__KAFKA__BOOTSTRAP_SERVERS".to_owned(), kafka));
+            overrides.push(("LEAFSYNC__MONGO__URI".to_owned(), mongo));
+        }
+        // The same overrides as TOML dotted keys, for this process's own view of the config.
+        let toml: String = overrides
+            .iter()
+            .map(|(k, v)| {
+                let key = k
+                    .trim_start_matches("LEAFSYNC__")
+                    .to_lowercase()
+                    .replace("__", ".");
+                let value = if v.parse::<i64>().is_ok() {
+                    v.clone()
+                } else {
+                    format!("{v:?}")
+                };
+                format!("{key} = {value}\n")
+            })
+            .collect();
+        let config = Config::load_with_overrides(&toml).expect("test config");
+        let mut topics = config.types.topics();
+        topics.push(config.kafka.dead_letter_topic.clone());
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        ensure_topics(&config.kafka, &refs, PARTITIONS)
+            .await
+            .expect("topics (is the stack up?)");
+        let store = Store::connect(&config.mongo, "leafsync-test")
+            .await
+            .expect("MongoDB up");
+        Self {
+            config,
+            store,
+            name,
+            overrides,
+        }
+    }
+
+    /// Starts a worker process with this env's settings plus `extra` env vars.
+    pub fn spawn_worker(&self, label: &str, extra: &[(&str, &str)]) -> Worker {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}-{label}.log", self.name));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leafsync-worker"));
+        cmd.envs(self.overrides.iter().cloned())
+            .env("LEAFSYNC__WORKER__ADMIN_ADDR", format!("127.0.0.1:{port}"))
+            .env("LEAFSYNC__TELEMETRY__LOG_FORMAT", "json")
+            .env("LEAFSYNC__WORKER__STUCK_AFTER_MS", "600000")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn worker");
+        Worker {
+            child: Some(child),
+            admin: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        }
+    }
+
+    pub fn generator(&self, seed: u64, ids_per_type: i64) -> Generator {
+        Generator::new(GenConfig {
+            seed,
+            ids_per_type,
+            delete_ratio: 0.1,
+            start: start_time(),
+        })
+    }
+
+    /// Produces `events` with the producer contract and folds them into `expected`.
+    pub async fn produce(
+        &self,
+        events: impl IntoIterator<Item = Generated>,
+        expected: &mut Expected,
+    ) {
+        let mut p = EventProducer::new(&self.config).expect("producer");
+        for g in events {
+            let topic = &self.config.types.get(g.image_type).topic;
+            let value = g.event.to_json().to_string();
+            p.send(
+                topic,
+                g.event.id.key().as_bytes(),
+                Some(value.as_bytes()),
+                false,
+            )
+            .await
+            .unwrap();
+            expected.apply(g.image_type, &g.event);
+        }
+        p.flush().await;
+        assert_eq!(p.failed, 0, "produce failures");
+    }
+
+    /// Produces raw key/value pairs to `t`'s topic.
+    pub async fn produce_raw(&self, t: ImageType, msgs: &[(Vec<u8>, Option<Vec<u8>>)]) {
+        let mut p = EventProducer::new(&self.config).expect("producer");
+        for (k, v) in msgs {
+            p.send(&self.config.types.get(t).topic, k, v.as_deref(), false)
+                .await
+                .unwrap();
+        }
+        p.flush().await;
+        assert_eq!(p.failed, 0);
+    }
+
+    pub async fn wait_synced(&self, expected: &Expected, timeout: Duration) -> Report {
+        verify::wait_until_synced(&self.store, &self.config.types, expected, timeout)
+            .await
+            .unwrap()
+    }
+
+    /// Every message of the dead-letter topic, waiting until `n` arrived or `timeout`.
+    pub fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<DeadLetter> {
+        let c: BaseConsumer = self
+            .config
+            .kafka
+            .client_config_with(&[
+                ("group.id", &unique("dlq-reader")),
+                ("auto.offset.reset", "earliest"),
+                ("enable.auto.commit", "false"),
+            ])
+            .create()
+            .unwrap();
+        c.subscribe(&[&self.config.kafka.dead_letter_topic])
+            .unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(DeadLetter {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        out
+    }
+}
+
+pub fn start_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_760_000_000, 0).unwrap()
+}
+
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// A running worker process; killed when dropped.
+pub struct Worker {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit; `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal("-9");
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.ok()?))
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some((200, _)) = self.get("/ready").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("worker not ready in {timeout:?}; log:\n{}", self.log_tail());
+    }
+
+    /// Sum of `leafsync_worker_events_total` samples whose labels contain `filter`.
+    pub async fn events_total(&self, filter: &str) -> u64 {
+        let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with("leafsync_worker_events_total{") && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
