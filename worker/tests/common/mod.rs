@@ -247,6 +247,51 @@ impl TestEnv {
         assert_eq!(p.failed, 0, "produce failures");
     }
 
+    /// Produces `events` in `chunks` with a pause between, so faults can hit mid-flood; folds
+    /// them into `expected`.
+    pub async fn produce_paced(
+        &self,
+        events: Vec<Generated>,
+        chunks: usize,
+        pause: Duration,
+        expected: &mut Expected,
+    ) {
+        let size = events.len().div_ceil(chunks.max(1));
+        for chunk in events.chunks(size.max(1)) {
+            self.produce(chunk.to_vec(), expected).await;
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Sum over partitions of the group's committed offsets and of the high watermarks.
+    pub fn committed_and_end(&self) -> (i64, i64) {
+        use rdkafka::{Offset, TopicPartitionList};
+        let c: BaseConsumer = self
+            .config
+            .kafka
+            .client_config_with(&[("group.id", &self.config.kafka.group_id)])
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for t in self.config.types.topics() {
+            for p in 0..PARTITIONS {
+                tpl.add_partition(&t, p);
+            }
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        let (mut sum, mut end) = (0, 0);
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                sum += o;
+            }
+            end += c
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                .unwrap()
+                .1;
+        }
+        (sum, end)
+    }
+
     /// Produces raw key/value pairs to `t`'s topic.
     pub async fn produce_raw(&self, t: ImageType, msgs: &[(Vec<u8>, Option<Vec<u8>>)]) {
         let mut p = EventProducer::new(&self.config).expect("producer");

@@ -1,0 +1,110 @@
+//! Server faults, each on a private stack so other tests are undisturbed: a database outage, a
+//! broker restart, and a SIGTERM mid-flood.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{PrivateStack, TestEnv};
+use leafsync_loadtest::expected::Expected;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_outage_mid_flood_loses_nothing_and_dead_letters_nothing() {
+    let stack = PrivateStack::start("memory");
+    let env = TestEnv::on(&stack).await;
+    let w = env.spawn_worker("w1", &[]);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let mut expected = Expected::default();
+    let events: Vec<_> = env.generator(5, 300).take(12_000).collect();
+    env.produce(events[..4_000].to_vec(), &mut expected).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stack.stack("stop-mongo");
+    let down = Instant::now();
+    env.produce(events[4_000..8_000].to_vec(), &mut expected)
+        .await;
+    let mut saw_not_ready = false;
+    while down.elapsed() < Duration::from_secs(10) {
+        saw_not_ready |= matches!(w.get("/ready").await, Some((503, _)));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack.stack("start-mongo");
+    env.produce(events[8_000..].to_vec(), &mut expected).await;
+
+    let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
+    assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+    assert!(saw_not_ready, "/ready reports the outage");
+    assert_eq!(w.events_total("outcome=\"dead_lettered\"").await, 0);
+    assert!(env.dead_letters(1, Duration::from_secs(2)).is_empty());
+    let (_, metrics) = w.get("/metrics").await.unwrap();
+    assert!(
+        metrics
+            .contains("leafsync_worker_retries_total{class=\"transient\",op=\"database_write\"}"),
+        "retries are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_restart_mid_flood_workers_reconnect_and_lose_nothing() {
+    let stack = PrivateStack::start("sqlite");
+    let env = TestEnv::on(&stack).await;
+    let w = env.spawn_worker("w1", &[]);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let mut expected = Expected::default();
+    let events: Vec<_> = env.generator(6, 200).take(6_000).collect();
+    env.produce(events[..3_000].to_vec(), &mut expected).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.stack("stop-kafka");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.stack("start-kafka");
+    env.produce(events[3_000..].to_vec(), &mut expected).await;
+    let r = env.wait_synced(&expected, Duration::from_secs(180)).await;
+    assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_flood_drains_commits_and_exits_cleanly() {
+    let env = TestEnv::new().await;
+    let mut expected = Expected::default();
+    let events: Vec<_> = env.generator(7, 300).take(30_000).collect();
+    // A backlog first, so the signal lands while the worker is busy with it.
+    env.produce(events[..20_000].to_vec(), &mut expected).await;
+    let mut w = env.spawn_worker("w1", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.events_total("").await < 2_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    w.signal("-TERM");
+    let status = w.wait_exit(Duration::from_secs(15)).expect("exits");
+    let took = t.elapsed();
+    assert!(
+        status.success(),
+        "exit 0 after drain: {status:?}\n{}",
+        w.log_tail()
+    );
+    // worker.drain_timeout_ms is 5 s in tests; closing the consumer takes a moment more.
+    assert!(took < Duration::from_secs(7), "exited in {took:?}");
+
+    let (committed, end) = env.committed_and_end();
+    assert!(
+        committed > 0 && committed < end,
+        "stopped mid-backlog: committed {committed} of {end}"
+    );
+    env.produce(events[20_000..].to_vec(), &mut expected).await;
+    let w2 = env.spawn_worker("w2", &[]);
+    let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
+    assert!(r.is_exact(), "{}", r.summary());
+    let total = 30_000;
+    let expect_second = (total - committed) as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w2.events_total("").await < expect_second && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let redelivered = w2.events_total("").await as i64 - (total - committed);
+    println!("sigterm after {took:?}: committed {committed} of {end}; redelivered after restart: {redelivered}");
+    assert_eq!(
+        redelivered, 0,
+        "committed offsets cover exactly what was written"
+    );
+}
