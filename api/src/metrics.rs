@@ -1,6 +1,8 @@
 //! The API's Prometheus metrics.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Metric handles.
 pub struct Metrics {
@@ -19,22 +21,41 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("leafsync_api_requests_total", "Requests by route and status"),
+            Opts::new(
+                "leafsync_api_requests_total",
+                "Requests by route and status",
+            ),
             &["route", "status"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("leafsync_api_request_duration_seconds", "Request latency by route").buckets(vec![
+            HistogramOpts::new(
+                "leafsync_api_request_duration_seconds",
+                "Request latency by route",
+            )
+            .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             &["route"],
         )
         .expect("valid metric");
-        let in_flight = IntGauge::new("leafsync_api_requests_in_flight", "Requests being served").expect("valid metric");
-        registry.register(Box::new(requests.clone())).expect("unique metric");
-        registry.register(Box::new(latency.clone())).expect("unique metric");
-        registry.register(Box::new(in_flight.clone())).expect("unique metric");
-        Self { registry, requests, latency, in_flight }
+        let in_flight = IntGauge::new("leafsync_api_requests_in_flight", "Requests being served")
+            .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            requests,
+            latency,
+            in_flight,
+        }
     }
 
     /// Exposition text.

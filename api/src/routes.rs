@@ -47,6 +47,22 @@ impl Route {
     }
 }
 
+/// The route template a path has the shape of, valid or not, for metric labels: a 400 on
+/// `/image-plant/carrot/1` counts under the route the client meant. Unknown shapes share one
+/// label so random paths cannot blow up metric cardinality.
+pub fn template_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["live"] => "/live",
+        ["ready"] => "/ready",
+        ["metrics"] => "/metrics",
+        ["openapi.json"] => "/openapi.json",
+        ["image-plant", _, "total"] => "/image-plant/{image_type}/total",
+        ["image-plant", _, _] => "/image-plant/{image_type}/{image_id}",
+        _ => "unmatched",
+    }
+}
+
 fn parse_query(raw: &str) -> HashMap<String, String> {
     raw.split('&')
         .filter(|p| !p.is_empty())
@@ -66,11 +82,17 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Route, ApiError
         ["metrics"] => Route::Metrics,
         ["openapi.json"] => Route::OpenApi,
         ["image-plant", image_type, rest] => {
-            let image_type: ImageType = image_type
-                .parse()
-                .map_err(|e: leafsync_core::image::UnknownImageType| ApiError::BadRequest(e.to_string()))?;
+            let image_type: ImageType =
+                image_type
+                    .parse()
+                    .map_err(|e: leafsync_core::image::UnknownImageType| {
+                        ApiError::BadRequest(e.to_string())
+                    })?;
             if *rest == "total" {
-                let include_deleted = match parse_query(query).get("include_deleted").map(String::as_str) {
+                let include_deleted = match parse_query(query)
+                    .get("include_deleted")
+                    .map(String::as_str)
+                {
                     None | Some("false") => false,
                     Some("true") => true,
                     Some(other) => {
@@ -82,11 +104,20 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Route, ApiError
                 };
                 Route::Total(image_type, include_deleted)
             } else {
-                let id: ImageId = rest.parse().map_err(|e: leafsync_core::image::InvalidImageId| ApiError::BadRequest(e.to_string()))?;
+                let id: ImageId =
+                    rest.parse()
+                        .map_err(|e: leafsync_core::image::InvalidImageId| {
+                            ApiError::BadRequest(e.to_string())
+                        })?;
                 Route::Image(image_type, id)
             }
         }
-        _ => return Err(ApiError::NotFound(format!("{method} {}", path.chars().take(200).collect::<String>()))),
+        _ => {
+            return Err(ApiError::NotFound(format!(
+                "{method} {}",
+                path.chars().take(200).collect::<String>()
+            )))
+        }
     };
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::MethodNotAllowed(method.to_string()));
@@ -97,9 +128,13 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Route, ApiError
 fn json_response(status: StatusCode, body: &serde_json::Value) -> warp::reply::Response {
     let mut r = warp::reply::Response::new(body.to_string().into());
     *r.status_mut() = status;
-    r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert("allow", warp::http::HeaderValue::from_static("GET, HEAD"));
     }
     r
 }
@@ -121,7 +156,10 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// Bounds a store call by the request timeout; a slow or absent MongoDB becomes a 503.
-async fn bounded<T>(state: &State, op: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, ApiError> {
+async fn bounded<T>(
+    state: &State,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
     match tokio::time::timeout(ms(state.config.api.request_timeout_ms), op).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -143,7 +181,10 @@ async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, Ap
                 db.system = "mongodb", db.collection.name = %coll, db.operation.name = "find");
             match bounded(state, state.store.get(coll, *id).instrument(span)).await? {
                 Some(doc) => Ok(json_response(StatusCode::OK, &document_to_json(&doc))),
-                None => Err(ApiError::ImageNotFound { image_type: t.to_string(), id: id.get() }),
+                None => Err(ApiError::ImageNotFound {
+                    image_type: t.to_string(),
+                    id: id.get(),
+                }),
             }
         }
         Route::Total(t, include_deleted) => {
@@ -161,15 +202,28 @@ async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, Ap
             .await?;
             Ok(json_response(StatusCode::OK, &n.into()))
         }
-        Route::Live => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        Route::Live => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
         Route::Ready => {
             let ok = state.ready().await;
-            let (status, word) = if ok { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not_ready") };
-            Ok(json_response(status, &serde_json::json!({"status": word, "database": ok})))
+            let (status, word) = if ok {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+            };
+            Ok(json_response(
+                status,
+                &serde_json::json!({"status": word, "database": ok}),
+            ))
         }
         Route::Metrics => {
             let mut r = warp::reply::Response::new(state.metrics.render().into());
-            r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                "content-type",
+                warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             Ok(r)
         }
         Route::OpenApi => Ok(json_response(StatusCode::OK, &crate::openapi::document())),
@@ -177,18 +231,29 @@ async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, Ap
 }
 
 /// Handles one request: routes it, serves it inside a server span, counts it.
-pub async fn handle(state: Arc<State>, method: Method, path: String, query: String, headers: HeaderMap) -> warp::reply::Response {
+pub async fn handle(
+    state: Arc<State>,
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+) -> warp::reply::Response {
     let started = Instant::now();
     let routed = route(&method, &path, &query);
-    let template = routed.as_ref().map_or("unmatched", Route::template);
+    let template = routed
+        .as_ref()
+        .map_or_else(|_| template_of(&path), Route::template);
     let span = tracing::info_span!("http.request", otel.name = format!("{method} {template}"), otel.kind = "server",
         http.request.method = %method, http.route = template, url.path = %path, http.response.status_code = tracing::field::Empty);
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
     let _ = span.set_parent(parent);
     state.metrics.in_flight.inc();
     let response = async {
         match routed {
-            Ok(r) => serve(&state, &r).await.unwrap_or_else(|e| error_response(&e)),
+            Ok(r) => serve(&state, &r)
+                .await
+                .unwrap_or_else(|e| error_response(&e)),
             Err(e) => error_response(&e),
         }
     }
@@ -197,8 +262,16 @@ pub async fn handle(state: Arc<State>, method: Method, path: String, query: Stri
     state.metrics.in_flight.dec();
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
-    state.metrics.requests.with_label_values(&[template, &status.to_string()]).inc();
-    state.metrics.latency.with_label_values(&[template]).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[template, &status.to_string()])
+        .inc();
+    state
+        .metrics
+        .latency
+        .with_label_values(&[template])
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(method = %method, route = template, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
     response
 }
@@ -214,24 +287,60 @@ mod tests {
     #[test]
     fn routes_and_their_errors() {
         let get = Method::GET;
-        assert_eq!(route(&get, "/image-plant/potato/42", ""), Ok(Route::Image(ImageType::Potato, ImageId::new(42).unwrap())));
-        assert_eq!(route(&Method::HEAD, "/image-plant/tomato/total", ""), Ok(Route::Total(ImageType::Tomato, false)));
-        assert_eq!(route(&get, "/image-plant/pepper/total", "include_deleted=true"), Ok(Route::Total(ImageType::Pepper, true)));
+        assert_eq!(
+            route(&get, "/image-plant/potato/42", ""),
+            Ok(Route::Image(ImageType::Potato, ImageId::new(42).unwrap()))
+        );
+        assert_eq!(
+            route(&Method::HEAD, "/image-plant/tomato/total", ""),
+            Ok(Route::Total(ImageType::Tomato, false))
+        );
+        assert_eq!(
+            route(&get, "/image-plant/pepper/total", "include_deleted=true"),
+            Ok(Route::Total(ImageType::Pepper, true))
+        );
         assert_eq!(route(&get, "/live", ""), Ok(Route::Live));
         assert_eq!(route(&get, "/openapi.json", ""), Ok(Route::OpenApi));
 
         let e = route(&get, "/image-plant/carrot/1", "").unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(e.to_string(), "unknown image type \"carrot\"; valid types are: potato, tomato, pepper");
+        assert_eq!(
+            e.to_string(),
+            "unknown image type \"carrot\"; valid types are: potato, tomato, pepper"
+        );
         for bad in ["0", "-1", "abc", "1.5", "99999999999999999999"] {
             let e = route(&get, &format!("/image-plant/potato/{bad}"), "").unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
-            assert!(e.to_string().starts_with("image id must be an integer from 1 to"), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("image id must be an integer from 1 to"),
+                "{e}"
+            );
         }
         let e = route(&get, "/image-plant/potato/total", "include_deleted=yes").unwrap_err();
-        assert_eq!(e.to_string(), "include_deleted must be true or false, got \"yes\"");
-        assert_eq!(route(&get, "/nope", "").unwrap_err().status(), StatusCode::NOT_FOUND);
-        assert_eq!(route(&get, "/image-plant/potato/1/x", "").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            e.to_string(),
+            "include_deleted must be true or false, got \"yes\""
+        );
+        assert_eq!(
+            route(&get, "/nope", "").unwrap_err().status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            template_of("/image-plant/carrot/1"),
+            "/image-plant/{image_type}/{image_id}"
+        );
+        assert_eq!(
+            template_of("/image-plant/carrot/total"),
+            "/image-plant/{image_type}/total"
+        );
+        assert_eq!(template_of("/x/y"), "unmatched");
+        assert_eq!(
+            route(&get, "/image-plant/potato/1/x", "")
+                .unwrap_err()
+                .status(),
+            StatusCode::NOT_FOUND
+        );
         let e = route(&Method::POST, "/image-plant/potato/1", "").unwrap_err();
         assert_eq!(e, ApiError::MethodNotAllowed("POST".into()));
         assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);

@@ -78,14 +78,30 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // Other key: own entry.
-        let n = cache.get((ImageType::Potato, true), || async { Ok::<_, ()>(9) }).await;
+        let n = cache
+            .get((ImageType::Potato, true), || async { Ok::<_, ()>(9) })
+            .await;
         assert_eq!(n, Ok(9));
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let n = cache.get((ImageType::Potato, false), || async { Ok::<_, ()>(8) }).await;
+        let n = cache
+            .get((ImageType::Potato, false), || async { Ok::<_, ()>(8) })
+            .await;
         assert_eq!(n, Ok(8), "expired entries are refreshed");
         // A failed refresh is not cached.
         let cache = TotalCache::new(Duration::from_secs(60));
-        assert_eq!(cache.get((ImageType::Tomato, false), || async { Err::<u64, _>("down") }).await, Err("down"));
-        assert_eq!(cache.get((ImageType::Tomato, false), || async { Ok::<_, &str>(3) }).await, Ok(3));
+        assert_eq!(
+            cache
+                .get((ImageType::Tomato, false), || async {
+                    Err::<u64, _>("down")
+                })
+                .await,
+            Err("down")
+        );
+        assert_eq!(
+            cache
+                .get((ImageType::Tomato, false), || async { Ok::<_, &str>(3) })
+                .await,
+            Ok(3)
+        );
     }
 }

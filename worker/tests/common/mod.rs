@@ -3,10 +3,8 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -17,88 +15,13 @@ use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::generator::{GenConfig, Generated, Generator};
 use leafsync_loadtest::producer::EventProducer;
 use leafsync_loadtest::verify::{self, Report};
+use leafsync_testkit::{http_get, wait_for_status, Process};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 
 pub const PARTITIONS: i32 = 6;
 
-/// A name no other test (or earlier run) uses.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "{prefix}{}x{:x}x{}",
-        std::process::id(),
-        nanos % 0xffff_ffff,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A private stack (own ports, own data) for tests that stop or restart a server.
-pub struct PrivateStack {
-    env: Vec<(String, String)>,
-    pub kafka: String,
-    pub mongo_uri: String,
-}
-
-impl PrivateStack {
-    pub fn start(kafka_storage: &str) -> Self {
-        let (kp, mp) = (free_port(), free_port());
-        let run = std::env::temp_dir().join(unique("leafsync-stack-"));
-        let env = vec![
-            ("LEAFSYNC_STACK_KAFKA_PORT".to_owned(), kp.to_string()),
-            ("LEAFSYNC_STACK_MONGO_PORT".to_owned(), mp.to_string()),
-            (
-                "LEAFSYNC_STACK_KAFKA_STORAGE".to_owned(),
-                kafka_storage.to_owned(),
-            ),
-            ("LEAFSYNC_STACK_RUN".to_owned(), run.display().to_string()),
-            // Topics are created per test.
-            ("LEAFSYNC_STACK_TOPICS".to_owned(), String::new()),
-            ("LEAFSYNC_STACK_DLQ_TOPIC".to_owned(), String::new()),
-        ];
-        let s = Self {
-            env,
-            kafka: format!("127.0.0.1:{kp}"),
-            mongo_uri: format!("mongodb://127.0.0.1:{mp}/?directConnection=true"),
-        };
-        s.stack("up");
-        s
-    }
-
-    pub fn stack(&self, cmd: &str) {
-        let st = Command::new(repo_root().join("scripts/stack"))
-            .arg(cmd)
-            .envs(self.env.iter().cloned())
-            .status()
-            .unwrap();
-        assert!(st.success(), "scripts/stack {cmd} failed");
-    }
-}
-
-impl Drop for PrivateStack {
-    fn drop(&mut self) {
-        self.stack("reset");
-    }
-}
+pub use leafsync_testkit::{free_port, unique, PrivateStack};
 
 /// One test's isolated slice of a stack: its own topics, group, dead-letter topic, database.
 pub struct TestEnv {
@@ -190,27 +113,22 @@ impl TestEnv {
     /// Starts a worker process with this env's settings plus `extra` env vars.
     pub fn spawn_worker(&self, label: &str, extra: &[(&str, &str)]) -> Worker {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("{}-{label}.log", self.name));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leafsync-worker"));
-        cmd.envs(self.overrides.iter().cloned())
-            .env("LEAFSYNC__WORKER__ADMIN_ADDR", format!("127.0.0.1:{port}"))
-            .env("LEAFSYNC__TELEMETRY__LOG_FORMAT", "json")
-            .env("LEAFSYNC__WORKER__STUCK_AFTER_MS", "600000")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn worker");
+        let mut env = self.overrides.clone();
+        env.push((
+            "LEAFSYNC__WORKER__ADMIN_ADDR".into(),
+            format!("127.0.0.1:{port}"),
+        ));
+        env.push(("LEAFSYNC__TELEMETRY__LOG_FORMAT".into(), "json".into()));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let process = Process::spawn(
+            Path::new(env!("CARGO_BIN_EXE_leafsync-worker")),
+            &[],
+            &env,
+            &format!("{}-{label}", self.name),
+        );
         Worker {
-            child: Some(child),
+            process,
             admin: SocketAddr::from(([127, 0, 0, 1], port)),
-            log,
         }
     }
 
@@ -366,63 +284,31 @@ pub struct DeadLetter {
 
 /// A running worker process; killed when dropped.
 pub struct Worker {
-    child: Option<Child>,
+    pub process: Process,
     pub admin: SocketAddr,
-    pub log: PathBuf,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl Worker {
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    pub fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .unwrap();
-    }
-
-    /// Waits for the process to exit; `None` on timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    pub fn kill9(&mut self) {
-        self.signal("-9");
-        self.wait_exit(Duration::from_secs(10));
-    }
-
-    pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("http://{}{path}", self.admin))
-            .await
-            .ok()?;
-        Some((r.status().as_u16(), r.text().await.ok()?))
+        http_get(self.admin, path).await
     }
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some((200, _)) = self.get("/ready").await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("worker not ready in {timeout:?}; log:\n{}", self.log_tail());
+        wait_for_status(self.admin, "/ready", 200, timeout, || self.log_tail()).await;
     }
 
     /// Sum of `leafsync_worker_events_total` samples whose labels contain `filter`.
@@ -432,14 +318,5 @@ impl Worker {
             .filter(|l| l.starts_with("leafsync_worker_events_total{") && l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }

@@ -1,0 +1,98 @@
+//! leafsync-api: the HTTP read service over the consumer database, scaled and failing
+//! independently of the workers. [`routes`] holds routing and handlers, [`error`] the error
+//! bodies, [`total_cache`] the bounded-staleness counts, [`openapi`] the API description.
+
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod total_cache;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use leafsync_core::config::ms;
+use leafsync_core::{Config, Store};
+use tokio_util::sync::CancellationToken;
+use warp::Filter;
+
+/// Process-wide state of the API.
+pub struct State {
+    /// Effective configuration.
+    pub config: Config,
+    /// The consumer database.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Cached counts for `/total`.
+    pub totals: total_cache::TotalCache,
+    ready: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl State {
+    /// Whether MongoDB answers a ping (checked with a short timeout, cached briefly).
+    pub async fn ready(&self) -> bool {
+        let mut cached = self.ready.lock().await;
+        if let Some((at, ok)) = *cached {
+            if at.elapsed() < ms(self.config.api.ready_cache_ms) {
+                return ok;
+            }
+        }
+        let ok = matches!(
+            tokio::time::timeout(routes::READY_TIMEOUT, self.store.ping()).await,
+            Ok(Ok(()))
+        );
+        *cached = Some((Instant::now(), ok));
+        ok
+    }
+}
+
+/// Serves until `shutdown`; then stops accepting, finishes in-flight requests and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut mongo = config.mongo.clone();
+    // A request must fail within its timeout, so server selection may not wait longer.
+    mongo.connect_timeout_ms = mongo.connect_timeout_ms.min(config.api.request_timeout_ms);
+    // Start even while MongoDB is down: /ready says so, and data routes answer 503.
+    let store = Store::connect_lazy(&mongo, "leafsync-api").await?;
+    let bind = config.api.bind;
+    let state = Arc::new(State {
+        totals: total_cache::TotalCache::new(ms(config.api.total_cache_ttl_ms)),
+        config,
+        store,
+        metrics: metrics::Metrics::new(),
+        ready: tokio::sync::Mutex::new(None),
+    });
+    let (addr, server) = serve(state, bind, shutdown).await?;
+    tracing::info!(%addr, "leafsync-api listening");
+    server.await?;
+    tracing::info!("leafsync-api stopped");
+    Ok(())
+}
+
+/// Binds `bind` and spawns the server; returns the bound address and the server task.
+pub async fn serve(
+    state: Arc<State>,
+    bind: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on api.bind {bind}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let with_state = warp::any().map(move || state.clone());
+    let routes = with_state
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .then(
+            |state, method, path: warp::path::FullPath, query, headers| {
+                routes::handle(state, method, path.as_str().to_owned(), query, headers)
+            },
+        );
+    let server = warp::serve(routes)
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await });
+    Ok((addr, tokio::spawn(server.run())))
+}

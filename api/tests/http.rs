@@ -1,0 +1,377 @@
+//! The API over HTTP, as a client sees it, against the real (stand-in) MongoDB.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use leafsync_core::document::Projection;
+use leafsync_core::{Config, ImageEvent, Store};
+use leafsync_testkit::{free_port, unique, wait_for_status, PrivateStack, Process};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+struct Api {
+    process: Process,
+    addr: SocketAddr,
+    store: Store,
+}
+
+/// Starts `leafsync-api` on a fresh database (of `mongo_uri`, or the stack's) and seeds it.
+async fn start_api(mongo_uri: Option<&str>) -> Api {
+    let db = unique("api");
+    let port = free_port();
+    let mut env = vec![
+        (
+            "LEAFSYNC__API__BIND".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ),
+        ("LEAFSYNC__MONGO__DATABASE".to_owned(), db.clone()),
+        (
+            "LEAFSYNC__API__TOTAL_CACHE_TTL_MS".to_owned(),
+            "0".to_owned(),
+        ),
+        ("LEAFSYNC__API__READY_CACHE_MS".to_owned(), "100".to_owned()),
+        (
+            "LEAFSYNC__API__REQUEST_TIMEOUT_MS".to_owned(),
+            "1000".to_owned(),
+        ),
+    ];
+    if let Some(u) = mongo_uri {
+        env.push(("LEAFSYNC__MONGO__URI".to_owned(), u.to_owned()));
+    }
+    let toml: String = env
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{} = {v:?}\n",
+                k.trim_start_matches("LEAFSYNC__")
+                    .to_lowercase()
+                    .replace("__", ".")
+            )
+        })
+        .collect::<String>()
+        .replace("\"0\"", "0")
+        .replace("\"100\"", "100")
+        .replace("\"1000\"", "1000");
+    let config = Config::load_with_overrides(&toml).unwrap();
+    let store = Store::connect(&config.mongo, "api-test").await.unwrap();
+    store
+        .ensure_indexes(&["potato", "tomato", "pepper"])
+        .await
+        .unwrap();
+    let seed = |j: &str| {
+        ImageEvent::decode(j.as_bytes(), 4096)
+            .unwrap()
+            .to_document(&Projection::all())
+    };
+    store
+        .write_batch(
+            "potato",
+            &[
+                seed(r#"{"id":1,"name":"potato_1.jpg","label":"early_blight","size":48213,"created_at":"2025-12-10T20:21:54.123Z","updated_at":"2025-12-10T20:21:54.123Z","camera":"x100"}"#),
+                seed(r#"{"id":2,"name":"potato_2.jpg","deleted":true,"updated_at":"2025-12-11T00:00:00Z"}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .write_batch(
+            "tomato",
+            &[seed(r#"{"id":5,"updated_at":"2025-12-11T00:00:00Z"}"#)],
+        )
+        .await
+        .unwrap();
+    let process = Process::spawn(
+        Path::new(env!("CARGO_BIN_EXE_leafsync-api")),
+        &[],
+        &env,
+        &db,
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_status(addr, "/live", 200, Duration::from_secs(20), || {
+        process.log_tail()
+    })
+    .await;
+    Api {
+        process,
+        addr,
+        store,
+    }
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let client = reqwest::Client::new();
+    let r = client
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("http://{addr}{path}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, r.text().await.unwrap(), headers)
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (s, body, h) = call(addr, "GET", path).await;
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "{path}"
+    );
+    (
+        s,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_status_with_its_exact_body() {
+    let api = start_api(None).await;
+    let a = api.addr;
+    assert_eq!(
+        get_json(a, "/image-plant/potato/1").await,
+        (
+            200,
+            json!({"id": 1, "name": "potato_1.jpg", "label": "early_blight", "size": 48213, "deleted": false,
+            "created_at": "2025-12-10T20:21:54.123Z", "updated_at": "2025-12-10T20:21:54.123Z", "camera": "x100"})
+        )
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/2").await,
+        (
+            200,
+            json!({"id": 2, "name": "potato_2.jpg", "deleted": true, "updated_at": "2025-12-11T00:00:00.000Z"})
+        )
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/3").await,
+        (
+            404,
+            json!({"error": "image_not_found", "message": "potato image 3 not found"})
+        )
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total").await,
+        (200, json!(1))
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total?include_deleted=true").await,
+        (200, json!(2))
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total?include_deleted=false").await,
+        (200, json!(1))
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/tomato/total").await,
+        (200, json!(1))
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/pepper/total").await,
+        (200, json!(0))
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total?include_deleted=maybe").await,
+        (
+            400,
+            json!({"error": "bad_request", "message": "include_deleted must be true or false, got \"maybe\""})
+        )
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/carrot/1").await,
+        (
+            400,
+            json!({"error": "bad_request", "message": "unknown image type \"carrot\"; valid types are: potato, tomato, pepper"})
+        )
+    );
+    for bad in ["abc", "0", "-4", "99999999999999999999"] {
+        let (s, body) = get_json(a, &format!("/image-plant/potato/{bad}")).await;
+        assert_eq!(s, 400, "{bad}");
+        assert_eq!(body["error"], "bad_request");
+        assert!(body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("image id must be an integer from 1 to 9223372036854775807"));
+    }
+    assert_eq!(
+        get_json(a, "/nope").await,
+        (
+            404,
+            json!({"error": "not_found", "message": "no route for GET /nope"})
+        )
+    );
+    let (s, body, h) = call(a, "POST", "/image-plant/potato/1").await;
+    assert_eq!(
+        (s, serde_json::from_str::<Value>(&body).unwrap()),
+        (
+            405,
+            json!({"error": "method_not_allowed", "message": "method POST not allowed; use GET or HEAD"})
+        )
+    );
+    assert_eq!(h["allow"], "GET, HEAD");
+    let (s, body, _) = call(a, "HEAD", "/image-plant/potato/1").await;
+    assert_eq!((s, body.as_str()), (200, ""));
+    assert_eq!(get_json(a, "/live").await, (200, json!({"status": "ok"})));
+    assert_eq!(
+        get_json(a, "/ready").await,
+        (200, json!({"status": "ready", "database": true}))
+    );
+
+    let (s, spec) = get_json(a, "/openapi.json").await;
+    assert_eq!(s, 200);
+    assert_eq!(spec["openapi"], "3.0.3");
+    for p in [
+        "/image-plant/{image_type}/{image_id}",
+        "/image-plant/{image_type}/total",
+        "/live",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(spec["paths"][p].is_object(), "{p} documented");
+    }
+    let (s, metrics, _) = call(a, "GET", "/metrics").await;
+    assert_eq!(s, 200);
+    assert!(metrics.contains(r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="200"} 3"#), "{metrics}"); // 2 GET + 1 HEAD
+    assert!(metrics.contains(r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="404"} 1"#));
+    assert!(metrics.contains(r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="400"} 5"#), "{metrics}");
+    assert!(metrics.contains(r#"leafsync_api_requests_total{route="unmatched",status="404"} 1"#));
+    assert!(metrics.contains("leafsync_api_request_duration_seconds_bucket"));
+    assert!(metrics.contains("leafsync_api_requests_in_flight"));
+
+    // Soft delete seen through the API after a write.
+    let del = ImageEvent::decode(
+        br#"{"id":1,"deleted":true,"updated_at":"2025-12-12T00:00:00Z"}"#,
+        4096,
+    )
+    .unwrap();
+    api.store
+        .write_batch("potato", &[del.to_document(&Projection::all())])
+        .await
+        .unwrap();
+    assert_eq!(
+        get_json(a, "/image-plant/potato/1").await.1["deleted"],
+        true
+    );
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total").await,
+        (200, json!(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_paths_and_methods_never_get_a_server_error() {
+    let api = start_api(None).await;
+    let client = reqwest::Client::new();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    let segment = "[a-zA-Z0-9_~%\\.\\-]{0,12}";
+    let strategy = (
+        proptest::collection::vec(
+            prop_oneof![
+                Just("image-plant".to_owned()),
+                Just("potato".to_owned()),
+                Just("total".to_owned()),
+                segment.prop_map(|s| s)
+            ],
+            0..5,
+        ),
+        0usize..6,
+        "[a-z_=&%0-9]{0,24}",
+    );
+    runner
+        .run(&strategy, |(segments, m, query)| {
+            let method = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"][m];
+            let url = format!("http://{}/{}?{query}", api.addr, segments.join("/"));
+            let status = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    client
+                        .request(
+                            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                            &url,
+                        )
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                })
+            });
+            let status = status.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(status < 500, "{method} {url} -> {status}");
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_outage_gives_503_within_bounds_and_recovers() {
+    let stack = PrivateStack::start("memory");
+    let api = start_api(Some(&stack.mongo_uri)).await;
+    let a = api.addr;
+    assert_eq!(get_json(a, "/image-plant/potato/1").await.0, 200);
+
+    stack.stack("stop-mongo");
+    let t = Instant::now();
+    let (s, body) = get_json(a, "/image-plant/potato/1").await;
+    assert!(
+        t.elapsed() < Duration::from_millis(1_800),
+        "answered within the request timeout: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (s, body),
+        (
+            503,
+            json!({"error": "unavailable", "message": "the image database is unavailable; retry later"})
+        )
+    );
+    let (s, _) = get_json(a, "/image-plant/tomato/total").await;
+    assert_eq!(s, 503);
+    let t = Instant::now();
+    wait_for_status(a, "/ready", 503, Duration::from_secs(2), || {
+        api.process.log_tail()
+    })
+    .await;
+    assert!(t.elapsed() <= Duration::from_secs(2));
+    assert_eq!(
+        get_json(a, "/live").await.0,
+        200,
+        "alive while the database is down"
+    );
+
+    stack.stack("start-mongo");
+    wait_for_status(a, "/ready", 200, Duration::from_secs(20), || {
+        api.process.log_tail()
+    })
+    .await;
+    wait_for_status(
+        a,
+        "/image-plant/potato/1",
+        200,
+        Duration::from_secs(20),
+        || api.process.log_tail(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_gracefully() {
+    let mut api = start_api(None).await;
+    api.process.signal("-TERM");
+    let st = api
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits");
+    assert!(st.success(), "{}", api.process.log_tail());
+}

@@ -1,0 +1,202 @@
+//! Helpers shared by the integration tests of every leafsync crate: unique names, free ports,
+//! private stacks for fault tests, and child processes of the real binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is a test failure
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A name no other test (or earlier run) uses; also valid as a topic and database name.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}{}x{:x}x{}",
+        std::process::id(),
+        nanos % 0xffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A TCP port free right now on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A private stack (own ports, own data, no default topics) for tests that stop or restart a
+/// server; removed when dropped.
+pub struct PrivateStack {
+    env: Vec<(String, String)>,
+    /// `host:port` of its broker.
+    pub kafka: String,
+    /// URI of its MongoDB stand-in.
+    pub mongo_uri: String,
+}
+
+impl PrivateStack {
+    /// Starts both servers; `kafka_storage` is `memory` or `sqlite` (durable).
+    pub fn start(kafka_storage: &str) -> Self {
+        let (kp, mp) = (free_port(), free_port());
+        let run = std::env::temp_dir().join(unique("leafsync-stack-"));
+        let env = vec![
+            ("LEAFSYNC_STACK_KAFKA_PORT".to_owned(), kp.to_string()),
+            ("LEAFSYNC_STACK_MONGO_PORT".to_owned(), mp.to_string()),
+            (
+                "LEAFSYNC_STACK_KAFKA_STORAGE".to_owned(),
+                kafka_storage.to_owned(),
+            ),
+            ("LEAFSYNC_STACK_RUN".to_owned(), run.display().to_string()),
+            ("LEAFSYNC_STACK_TOPICS".to_owned(), String::new()),
+            ("LEAFSYNC_STACK_DLQ_TOPIC".to_owned(), String::new()),
+        ];
+        let s = Self {
+            env,
+            kafka: format!("127.0.0.1:{kp}"),
+            mongo_uri: format!("mongodb://127.0.0.1:{mp}/?directConnection=true"),
+        };
+        s.stack("up");
+        s
+    }
+
+    /// Runs `scripts/stack CMD` against this stack (`stop-mongo`, `start-kafka`, …).
+    pub fn stack(&self, cmd: &str) {
+        let st = Command::new(repo_root().join("scripts/stack"))
+            .arg(cmd)
+            .envs(self.env.iter().cloned())
+            .status()
+            .unwrap();
+        assert!(st.success(), "scripts/stack {cmd} failed");
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        self.stack("reset");
+    }
+}
+
+/// A child process of one of the binaries, its output in a log file; killed when dropped.
+pub struct Process {
+    child: Option<Child>,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Spawns `bin` with `env`, logging to `$TMPDIR/{label}.log`.
+    pub fn spawn(bin: &Path, args: &[&str], env: &[(String, String)], label: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("{label}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .envs(env.iter().cloned())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// OS process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends a signal, e.g. `-TERM` or `-9`.
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for exit; `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        self.signal("-9");
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    /// The whole log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last 30 log lines, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let s = self.log_text();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET `http://{addr}{path}`: status and body, `None` when nothing answers.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    Some((r.status().as_u16(), r.text().await.ok()?))
+}
+
+/// Waits until `GET path` answers `status`, or panics with `context()` after `timeout`.
+pub async fn wait_for_status(
+    addr: SocketAddr,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if http_get(addr, path).await.is_some_and(|(s, _)| s == status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{path} did not answer {status} within {timeout:?}\n{}",
+        context()
+    );
+}
