@@ -22,6 +22,7 @@ build:
 
 test: stack-up
 	eval "$$($(STACK) env)"; $(CARGO) test --workspace --all-targets
+	scripts/api-contract
 	$(MAKE) --no-print-directory deploy-check
 
 lint:

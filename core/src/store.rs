@@ -337,6 +337,22 @@ impl Store {
         Ok(outcomes)
     }
 
+    /// The guarded upsert alone, without the version pre-read or per-event outcomes: the raw
+    /// write ceiling that `leafsync-loadtest bench-db` compares the worker with.
+    pub async fn write_batch_unclassified(
+        &self,
+        collection: &str,
+        docs: &[Document],
+    ) -> Result<(), StoreError> {
+        let mut outcomes = vec![WriteOutcome::Inserted; docs.len()];
+        let mut duplicates = Vec::new();
+        for chunk in chunks(docs, &(0..docs.len()).collect::<Vec<_>>()) {
+            self.update_command(collection, docs, &chunk, &mut outcomes, &mut duplicates)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn stored_versions(
         &self,
         collection: &str,

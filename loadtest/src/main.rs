@@ -1,1 +1,299 @@
-fn main() {}
+//! `leafsync-loadtest`: flood the topics, verify the consumer database, report throughput and
+//! latency, measure the database's raw ceiling.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use leafsync_core::{telemetry, Config, Store};
+use leafsync_loadtest::expected::Expected;
+use leafsync_loadtest::flood::{flood, progress, FloodConfig};
+use leafsync_loadtest::generator::GenConfig;
+use leafsync_loadtest::run::{run, RunConfig};
+use leafsync_loadtest::verify::{wait_until_synced, Report};
+use leafsync_loadtest::{bench_db, via_api};
+
+#[derive(Parser)]
+#[command(version, about = "Load generator and verifier for leafsync")]
+struct Cli {
+    /// TOML config file (also LEAFSYNC_CONFIG); env vars LEAFSYNC__SECTION__KEY override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct FloodArgs {
+    /// Number of valid events to produce.
+    #[arg(long, conflicts_with = "duration")]
+    count: Option<u64>,
+    /// Produce for this many seconds instead.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Target events per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Ids per image type; the first event of an id creates it, the rest update or delete it.
+    #[arg(long, default_value_t = 10_000)]
+    ids_per_type: i64,
+    /// Of the events on an existing id, the fraction that soft-deletes it.
+    #[arg(long, default_value_t = 0.05)]
+    delete_ratio: f64,
+    /// RNG seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of extra bad events (each kind in turn) that must be dead-lettered.
+    #[arg(long, default_value_t = 0.0)]
+    poison_ratio: f64,
+    /// Add a W3C traceparent header per event (spans go to telemetry.otlp_endpoint).
+    #[arg(long)]
+    trace: bool,
+    /// updated_at of the first event (RFC 3339; default: now).
+    #[arg(long)]
+    start: Option<DateTime<Utc>>,
+}
+
+impl FloodArgs {
+    fn to_config(&self) -> FloodConfig {
+        FloodConfig {
+            gen: GenConfig {
+                seed: self.seed,
+                ids_per_type: self.ids_per_type,
+                delete_ratio: self.delete_ratio,
+                start: self.start.unwrap_or_else(Utc::now),
+            },
+            count: self.count,
+            duration: self.duration.map(Duration::from_secs),
+            rate: self.rate,
+            poison_ratio: self.poison_ratio,
+            trace: self.trace,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce events and write the expected final state.
+    Flood {
+        #[command(flatten)]
+        args: FloodArgs,
+        /// Where to write the expected state.
+        #[arg(long, default_value = "expected.jsonl")]
+        expected: PathBuf,
+    },
+    /// Wait until the database holds exactly the expected state; exit 1 on lost or stale.
+    Verify {
+        /// Expected state written by `flood`.
+        #[arg(long, default_value = "expected.jsonl")]
+        expected: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        /// Check through the HTTP API at this base URL instead of MongoDB (also checks /total).
+        #[arg(long)]
+        via_api: Option<String>,
+    },
+    /// Flood and verify while sampling throughput, lag and latency; write report.json/html.
+    Run {
+        #[command(flatten)]
+        args: FloodArgs,
+        /// Workers' /metrics URLs (for end-to-end latency); repeat for several workers.
+        #[arg(
+            long = "worker-metrics",
+            default_value = "http://127.0.0.1:9464/metrics"
+        )]
+        worker_metrics: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Output directory.
+        #[arg(long, default_value = "reports/latest")]
+        out: PathBuf,
+    },
+    /// Measure the database's raw write ceiling with batched guarded upserts.
+    BenchDb {
+        /// Documents to write.
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Documents per command (repeat to sweep).
+        #[arg(long = "batch", default_value = "500")]
+        batches: Vec<usize>,
+        /// Include the per-event version pre-read the worker does.
+        #[arg(long)]
+        classified: bool,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn print_report(r: &Report, dead_lettered: Option<(i64, u64)>) {
+    println!("{}", r.summary());
+    for (what, list) in [
+        ("lost", &r.lost),
+        ("stale", &r.stale),
+        ("mismatched", &r.mismatched),
+        ("unexpected", &r.unexpected),
+    ] {
+        if !list.is_empty() {
+            println!(
+                "  {what}: {}{}",
+                list.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+                if list.len() > 10 { ", …" } else { "" }
+            );
+        }
+    }
+    if let Some((got, want)) = dead_lettered {
+        println!("dead-lettered: {got} (poison sent: {want})");
+    }
+}
+
+async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Flood { args, expected } => {
+            let fc = args.to_config();
+            let x = flood(&config, &fc, progress(fc.count)).await?;
+            x.save(&expected)?;
+            println!(
+                "produced {} events and {} poison; expected state of {} images in {}",
+                x.produced,
+                x.poison,
+                x.images.len(),
+                expected.display()
+            );
+            Ok(true)
+        }
+        Command::Verify {
+            expected,
+            timeout,
+            via_api,
+        } => {
+            let x = Expected::load(&expected)?;
+            let timeout = Duration::from_secs(timeout);
+            match via_api {
+                Some(base) => {
+                    let (r, totals) = via_api::check(&config, &base, &x, timeout).await?;
+                    print_report(&r, None);
+                    for t in &totals {
+                        println!("  /total mismatch: {t}");
+                    }
+                    Ok(r.is_exact() && totals.is_empty())
+                }
+                None => {
+                    let store = Store::connect(&config.mongo, "leafsync-loadtest").await?;
+                    let r = wait_until_synced(&store, &config.types, &x, timeout).await?;
+                    print_report(&r, None);
+                    Ok(r.is_exact())
+                }
+            }
+        }
+        Command::Run {
+            args,
+            worker_metrics,
+            timeout,
+            out,
+        } => {
+            let rc = RunConfig {
+                flood: args.to_config(),
+                metrics_urls: worker_metrics,
+                timeout: Duration::from_secs(timeout),
+                out: out.clone(),
+            };
+            let r = run(&config, rc).await?;
+            let ms = |v: Option<f64>| {
+                v.map_or_else(|| "n/a".into(), |x| format!("{:.1} ms", x * 1000.0))
+            };
+            println!("{:<28}{}", "events", r.events);
+            println!(
+                "{:<28}{}",
+                "poison / dead-lettered",
+                format!("{} / {}", r.poison, r.dead_lettered)
+            );
+            println!(
+                "{:<28}{:.0}/s over {:.1} s",
+                "produced", r.produced_per_s, r.flood_seconds
+            );
+            println!(
+                "{:<28}{:.0}/s ({:.1} s to exact state)",
+                "synced", r.synced_per_s, r.seconds_to_synced
+            );
+            println!("{:<28}{}", "max lag", r.max_lag);
+            println!(
+                "{:<28}{} / {} / {} / ≤{}",
+                "latency p50/p90/p99/max",
+                ms(r.latency_p50),
+                ms(r.latency_p90),
+                ms(r.latency_p99),
+                ms(r.latency_max_bound)
+            );
+            print_report(&r.verify, None);
+            println!(
+                "report: {}/report.html ({}/report.json)",
+                out.display(),
+                out.display()
+            );
+            Ok(r.verify.is_exact() && r.dead_lettered >= r.poison as i64)
+        }
+        Command::BenchDb {
+            count,
+            batches,
+            classified,
+            seed,
+        } => {
+            for batch in batches {
+                let gen = GenConfig {
+                    seed,
+                    ids_per_type: count as i64,
+                    delete_ratio: 0.0,
+                    start: Utc::now(),
+                };
+                let db = format!("leafsync_bench_{}", std::process::id());
+                let r = bench_db::bench_db(&config, gen, count, batch, classified, &db).await?;
+                println!(
+                    "bench-db batch={:<6} docs={:<8} {:>8.0} docs/s  ({:.2} s, classified={})",
+                    r.batch, r.docs, r.docs_per_s, r.seconds, r.classified
+                );
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leafsync-loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = match telemetry::init("leafsync-loadtest", &config.telemetry) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("leafsync-loadtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leafsync-loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_async(config, cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("leafsync-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `run`: flood + verify while sampling throughput, lag and latency once a second.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leafsync_core::{Config, Store};
+
+use crate::flood::{flood, progress, FloodConfig};
+use crate::report::RunReport;
+use crate::sample::{delta, latency_buckets, max_bound, quantile, OffsetProbe, Sample};
+use crate::verify::wait_until_synced;
+
+/// What to run.
+pub struct RunConfig {
+    /// The flood.
+    pub flood: FloodConfig,
+    /// Workers' `/metrics` URLs, for end-to-end latency.
+    pub metrics_urls: Vec<String>,
+    /// Give up waiting for the database after this long.
+    pub timeout: Duration,
+    /// Where `report.json`, `report.html` and `expected.jsonl` go.
+    pub out: PathBuf,
+}
+
+/// Sum of the dead-letter topic's high watermarks.
+fn dead_letter_count(config: &Config) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Ok(c) = config.kafka.client_config().create::<BaseConsumer>() else {
+        return 0;
+    };
+    let topic = &config.kafka.dead_letter_topic;
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return 0;
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_owned(), p.id())))
+        .filter_map(|(t, p)| c.fetch_watermarks(&t, p, Duration::from_secs(10)).ok())
+        .map(|(_, high)| high)
+        .sum()
+}
+
+/// Runs the load and writes the report; returns it.
+pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
+    let store = Store::connect(&config.mongo, "leafsync-loadtest").await?;
+    let probe = Arc::new(OffsetProbe::new(config)?);
+    let dlq_before = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?
+    };
+    let p = probe.clone();
+    let (base_end, base_done) = tokio::task::spawn_blocking(move || p.read()).await??;
+    let client = reqwest::Client::new();
+    let hist_start = latency_buckets(&client, &rc.metrics_urls)
+        .await
+        .unwrap_or_default();
+
+    let started = Instant::now();
+    let fc = rc.flood.clone();
+    let cfg = config.clone();
+    let flood_task = tokio::spawn(async move { flood(&cfg, &fc, progress(fc.count)).await });
+    let mut flood_seconds = None;
+    let mut samples: Vec<Sample> = Vec::new();
+    let (mut prev_t, mut prev_produced, mut prev_synced) = (0.0, 0, 0);
+    let mut prev_hist = hist_start.clone();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if flood_task.is_finished() && flood_seconds.is_none() {
+            flood_seconds = Some(started.elapsed().as_secs_f64());
+        }
+        let p = probe.clone();
+        let (end, done) = tokio::task::spawn_blocking(move || p.read()).await??;
+        let t = started.elapsed().as_secs_f64();
+        let (produced, synced) = (end - base_end, done - base_done);
+        let hist = latency_buckets(&client, &rc.metrics_urls).await;
+        let interval = hist.as_ref().map(|h| delta(h, &prev_hist));
+        let dt = (t - prev_t).max(0.001);
+        samples.push(Sample {
+            t,
+            produced,
+            committed: synced,
+            lag: end - done,
+            produced_per_s: (produced - prev_produced) as f64 / dt,
+            synced_per_s: (synced - prev_synced) as f64 / dt,
+            p50: interval.as_ref().and_then(|h| quantile(h, 0.5)),
+            p90: interval.as_ref().and_then(|h| quantile(h, 0.9)),
+            p99: interval.as_ref().and_then(|h| quantile(h, 0.99)),
+        });
+        (prev_t, prev_produced, prev_synced) = (t, produced, synced);
+        if let Some(h) = hist {
+            prev_hist = h;
+        }
+        if (flood_seconds.is_some() && end == done) || started.elapsed() > rc.timeout {
+            break;
+        }
+    }
+    let expected = flood_task.await??;
+    std::fs::create_dir_all(&rc.out)?;
+    expected.save(&rc.out.join("expected.jsonl"))?;
+    let remaining = rc
+        .timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(5));
+    let verify = wait_until_synced(&store, &config.types, &expected, remaining).await?;
+    let seconds_to_synced = started.elapsed().as_secs_f64();
+    let overall = delta(
+        &latency_buckets(&client, &rc.metrics_urls)
+            .await
+            .unwrap_or_default(),
+        &hist_start,
+    );
+    let dlq_after = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?
+    };
+    let flood_seconds = flood_seconds.unwrap_or(seconds_to_synced);
+    let report = RunReport {
+        events: expected.produced,
+        poison: expected.poison,
+        seconds_to_synced,
+        flood_seconds,
+        produced_per_s: expected.produced as f64 / flood_seconds.max(0.001),
+        synced_per_s: expected.produced as f64 / seconds_to_synced.max(0.001),
+        max_lag: samples.iter().map(|s| s.lag).max().unwrap_or(0),
+        latency_p50: quantile(&overall, 0.5),
+        latency_p90: quantile(&overall, 0.9),
+        latency_p99: quantile(&overall, 0.99),
+        latency_max_bound: max_bound(&overall),
+        dead_lettered: dlq_after - dlq_before,
+        verify,
+        samples,
+    };
+    crate::report::write(&rc.out, &report)?;
+    Ok(report)
+}

@@ -1,0 +1,206 @@
+//! Sampling a running system once a second: what the broker says (produced, committed, lag)
+//! and what the workers' `/metrics` say (end-to-end latency histogram).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use leafsync_core::Config;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+/// One sample.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Sum of high watermarks over the image topics (events in Kafka).
+    pub produced: i64,
+    /// Sum of the group's committed offsets (events synced and committed).
+    pub committed: i64,
+    /// produced − committed: the lag KEDA sees.
+    pub lag: i64,
+    /// Events/s produced since the previous sample.
+    pub produced_per_s: f64,
+    /// Events/s committed since the previous sample.
+    pub synced_per_s: f64,
+    /// End-to-end latency of events synced since the previous sample (seconds), from the
+    /// workers' histogram; `None` without metrics.
+    pub p50: Option<f64>,
+    /// 90th percentile, same source.
+    pub p90: Option<f64>,
+    /// 99th percentile, same source.
+    pub p99: Option<f64>,
+}
+
+/// Reads group offsets and watermarks.
+pub struct OffsetProbe {
+    consumer: BaseConsumer,
+    tpl: TopicPartitionList,
+}
+
+impl OffsetProbe {
+    /// For the worker group and image topics of `config`.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = config
+            .kafka
+            .client_config_with(&[
+                ("group.id", &config.kafka.group_id),
+                ("enable.auto.commit", "false"),
+            ])
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in config.types.topics() {
+            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(t.name(), p.id());
+                }
+            }
+        }
+        Ok(Self { consumer, tpl })
+    }
+
+    /// (sum of high watermarks, sum of committed offsets). Blocking.
+    pub fn read(&self) -> anyhow::Result<(i64, i64)> {
+        let committed = self
+            .consumer
+            .committed_offsets(self.tpl.clone(), Duration::from_secs(10))?;
+        let (mut end, mut done) = (0, 0);
+        for e in committed.elements() {
+            let (low, high) = self.consumer.fetch_watermarks(
+                e.topic(),
+                e.partition(),
+                Duration::from_secs(10),
+            )?;
+            end += high;
+            done += match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+        }
+        Ok((end, done))
+    }
+}
+
+/// Cumulative histogram buckets (upper bound → count) of `leafsync_worker_e2e_latency_seconds`,
+/// summed over topics and over every metrics URL.
+pub async fn latency_buckets(
+    client: &reqwest::Client,
+    urls: &[String],
+) -> Option<BTreeMap<String, f64>> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    let mut any = false;
+    for url in urls {
+        let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await else {
+            continue;
+        };
+        let Ok(body) = r.text().await else { continue };
+        any = true;
+        for line in body
+            .lines()
+            .filter(|l| l.starts_with("leafsync_worker_e2e_latency_seconds_bucket{"))
+        {
+            let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next());
+            let v = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let (Some(le), Some(v)) = (le, v) {
+                *out.entry(le.to_owned()).or_default() += v;
+            }
+        }
+    }
+    any.then_some(out)
+}
+
+/// The `q` quantile of a cumulative histogram (bucket bound → count), by linear interpolation
+/// inside the bucket, as Prometheus' `histogram_quantile` does.
+pub fn quantile(buckets: &BTreeMap<String, f64>, q: f64) -> Option<f64> {
+    let mut b: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(le, c)| {
+            (
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                },
+                *c,
+            )
+        })
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = b.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut prev_le, mut prev_c) = (0.0, 0.0);
+    for (le, c) in b {
+        if c >= rank {
+            if le.is_infinite() {
+                return Some(prev_le);
+            }
+            let frac = if c > prev_c {
+                (rank - prev_c) / (c - prev_c)
+            } else {
+                1.0
+            };
+            return Some(prev_le + (le - prev_le) * frac);
+        }
+        (prev_le, prev_c) = (le, c);
+    }
+    None
+}
+
+/// The upper bound of the highest non-empty bucket: the most a latency can have been.
+pub fn max_bound(buckets: &BTreeMap<String, f64>) -> Option<f64> {
+    let mut b: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(le, c)| {
+            (
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                },
+                *c,
+            )
+        })
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = b.last()?.1;
+    b.into_iter()
+        .find(|(_, c)| *c >= total && total > 0.0)
+        .map(|(le, _)| le)
+}
+
+/// Per-bucket difference `now − before` (the histogram of the interval).
+pub fn delta(now: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    now.iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_prometheus() {
+        let b = h(&[("0.1", 50.0), ("0.5", 90.0), ("1", 100.0), ("+Inf", 100.0)]);
+        assert!((quantile(&b, 0.5).unwrap() - 0.1).abs() < 1e-9);
+        assert!((quantile(&b, 0.25).unwrap() - 0.05).abs() < 1e-9);
+        assert!((quantile(&b, 0.7).unwrap() - 0.3).abs() < 1e-9);
+        assert!((quantile(&b, 0.99).unwrap() - 0.95).abs() < 1e-9);
+        assert_eq!(quantile(&h(&[("+Inf", 0.0)]), 0.5), None);
+        let d = delta(
+            &b,
+            &h(&[("0.1", 40.0), ("0.5", 40.0), ("1", 40.0), ("+Inf", 40.0)]),
+        );
+        assert_eq!(d["0.1"], 10.0);
+        assert_eq!(d["+Inf"], 60.0);
+    }
+}
