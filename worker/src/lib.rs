@@ -15,6 +15,7 @@ pub mod health;
 pub mod lag;
 pub mod metrics;
 pub mod partition;
+pub mod replay;
 
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use leafsync_core::{shutdown, telemetry, Config};
+use leafsync_worker::replay;
 
 #[derive(Parser)]
 #[command(version, about = "Sync plant-image events from Kafka into MongoDB")]
@@ -22,6 +23,25 @@ enum Command {
     Run,
     /// Print the effective configuration, secrets masked, and exit.
     PrintConfig,
+    /// Reset the group's committed offsets so the workers re-read events (stop them first).
+    Replay {
+        /// Back to the earliest retained offset.
+        #[arg(
+            long,
+            conflicts_with = "to_datetime",
+            required_unless_present = "to_datetime"
+        )]
+        to_earliest: bool,
+        /// Back to the first event at or after this time (RFC 3339).
+        #[arg(long)]
+        to_datetime: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only these topics (repeatable; default: every image topic).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,9 +53,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::PrintConfig) = cli.command {
-        print!("{}", config.redacted_toml());
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{}", config.redacted_toml());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Replay {
+            to_datetime,
+            topics,
+            dry_run,
+            ..
+        }) => {
+            let target = to_datetime.map_or(replay::Target::Earliest, replay::Target::At);
+            return match replay::replay(&config, target, &topics, dry_run) {
+                Ok(plan) => {
+                    print!("{}", replay::render(&plan, &config.kafka.group_id, dry_run));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("leafsync-worker replay: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Run) | None => {}
     }
     // Telemetry is set up outside the runtime so its guard can flush after the runtime ends.
     let _telemetry = match telemetry::init("leafsync-worker", &config.telemetry) {

@@ -33,15 +33,20 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new() -> Self {
-        Self::with_servers(None).await
+        Self::with_servers(None, &[]).await
+    }
+
+    /// With extra `LEAFSYNC__…` settings for this process and its workers.
+    pub async fn with_overrides(extra: &[(&str, &str)]) -> Self {
+        Self::with_servers(None, extra).await
     }
 
     /// On a private stack instead of the shared one.
     pub async fn on(stack: &PrivateStack) -> Self {
-        Self::with_servers(Some((stack.kafka.clone(), stack.mongo_uri.clone()))).await
+        Self::with_servers(Some((stack.kafka.clone(), stack.mongo_uri.clone())), &[]).await
     }
 
-    async fn with_servers(servers: Option<(String, String)>) -> Self {
+    async fn with_servers(servers: Option<(String, String)>, extra: &[(&str, &str)]) -> Self {
         let name = unique("t");
         let mut overrides = vec![
             (
@@ -72,6 +77,7 @@ impl TestEnv {
                 format!("{name}.{t}"),
             ));
         }
+        overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         if let Some((kafka, mongo)) = servers {
             overrides.push(("LEAFSYNC__KAFKA__BOOTSTRAP_SERVERS".to_owned(), kafka));
             overrides.push(("LEAFSYNC__MONGO__URI".to_owned(), mongo));
@@ -86,6 +92,14 @@ impl TestEnv {
                     .replace("__", ".");
                 let value = if v.parse::<i64>().is_ok() {
                     v.clone()
+                } else if v.starts_with('[') {
+                    // `[a, b]` → a TOML array of strings.
+                    let items: Vec<String> = v
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .split(',')
+                        .map(|i| format!("{:?}", i.trim()))
+                        .collect();
+                    format!("[{}]", items.join(", "))
                 } else {
                     format!("{v:?}")
                 };

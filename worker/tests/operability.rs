@@ -1,0 +1,349 @@
+//! What an operator relies on: replay, projection, no secrets in logs, metrics, traces.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use leafsync_core::ImageId;
+use leafsync_loadtest::expected::Expected;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use warp::Filter;
+
+fn worker_cmd(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_leafsync-worker"))
+        .args(args)
+        .env("LEAFSYNC__KAFKA__GROUP_ID", &env.config.kafka.group_id)
+        .env(
+            "LEAFSYNC__TYPES__POTATO__TOPIC",
+            &env.config.types.potato.topic,
+        )
+        .env(
+            "LEAFSYNC__TYPES__TOMATO__TOPIC",
+            &env.config.types.tomato.topic,
+        )
+        .env(
+            "LEAFSYNC__TYPES__PEPPER__TOPIC",
+            &env.config.types.pepper.topic,
+        )
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_is_refused_while_workers_run_and_converges_after() {
+    let env = TestEnv::new().await;
+    let mut w = env.spawn_worker("w1", &[]);
+    let mut expected = Expected::default();
+    env.produce(env.generator(11, 100).take(3_000), &mut expected)
+        .await;
+    assert!(env
+        .wait_synced(&expected, Duration::from_secs(60))
+        .await
+        .is_exact());
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the periodic commit happen
+
+    let out = worker_cmd(&env, &["replay", "--to-earliest"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("active member"), "{err}");
+
+    w.signal("-TERM");
+    assert!(w
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    let (committed, end) = env.committed_and_end();
+    assert_eq!(committed, end);
+
+    let out = worker_cmd(&env, &["replay", "--to-earliest", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{plan}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        plan.contains("3000 events to re-read (dry run: nothing changed)"),
+        "{plan}"
+    );
+    assert_eq!(
+        env.committed_and_end().0,
+        committed,
+        "dry run changes nothing"
+    );
+
+    let out = worker_cmd(&env, &["replay", "--to-datetime", "2100-01-01T00:00:00Z"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 events to re-read"));
+
+    let out = worker_cmd(&env, &["replay", "--to-earliest", "--topic", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not one of the configured image topics"));
+
+    let out = worker_cmd(&env, &["replay", "--to-earliest"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.committed_and_end().0, 0);
+
+    let w2 = env.spawn_worker("w2", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w2.events_total("").await < 3_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(w2.events_total("").await, 3_000, "{}", w2.log_tail());
+    assert_eq!(
+        w2.events_total("outcome=\"inserted\"").await
+            + w2.events_total("outcome=\"updated\"").await,
+        0
+    );
+    assert!(
+        env.wait_synced(&expected, Duration::from_secs(5))
+            .await
+            .is_exact(),
+        "replay converged to the same state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projection_keeps_only_the_allowed_fields() {
+    let env =
+        TestEnv::with_overrides(&[("LEAFSYNC__TYPES__POTATO__FIELDS", "[name, label]")]).await;
+    let w = env.spawn_worker("w1", &[]);
+    let mut expected = Expected::default();
+    env.produce(env.generator(12, 50).take(1_000), &mut expected)
+        .await;
+    let r = env.wait_synced(&expected, Duration::from_secs(60)).await;
+    assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+    let (_, id) = expected
+        .images
+        .keys()
+        .find(|(t, _)| *t == leafsync_core::ImageType::Potato)
+        .unwrap();
+    let d = env
+        .store
+        .get(
+            &env.config.types.potato.collection,
+            ImageId::new(*id).unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut keys: Vec<&str> = d.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["deleted", "id", "label", "name", "updated_at"]);
+    let t = env
+        .store
+        .get(
+            &env.config.types.tomato.collection,
+            ImageId::new(1).unwrap(),
+        )
+        .await
+        .unwrap();
+    if let Some(t) = t {
+        assert!(t.contains_key("url"), "other types keep every field");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_the_logs() {
+    let env = TestEnv::new().await;
+    let uri = format!(
+        "{}&authSource=admin",
+        env.config
+            .mongo
+            .uri
+            .expose()
+            .replace("mongodb://", "mongodb://leaf:Sup3rS3cretPw@")
+    );
+    let mut w = env.spawn_worker(
+        "w1",
+        &[
+            ("LEAFSYNC__MONGO__URI", &uri),
+            ("LEAFSYNC__MONGO__STARTUP_TIMEOUT_MS", "2000"),
+            (
+                "LEAFSYNC__KAFKA__PROPERTIES__SASL_PASSWORD",
+                "KafkaS3cretPw",
+            ),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    // Whether the server accepts the credentials or not, the worker logs about them.
+    w.wait_exit(Duration::from_secs(8));
+    let out = Command::new(env!("CARGO_BIN_EXE_leafsync-worker"))
+        .arg("print-config")
+        .env("LEAFSYNC__MONGO__URI", &uri)
+        .env(
+            "LEAFSYNC__KAFKA__PROPERTIES__SASL_PASSWORD",
+            "KafkaS3cretPw",
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("mongodb://leaf:****@"), "{printed}");
+    for text in [w.log_text(), printed.into_owned()] {
+        assert!(!text.is_empty());
+        assert!(
+            !text.contains("Sup3rS3cretPw"),
+            "Mongo password leaked:\n{text}"
+        );
+        assert!(
+            !text.contains("KafkaS3cretPw"),
+            "Kafka password leaked:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_expose_outcomes_lag_latency_and_misrouted_events() {
+    let env = TestEnv::new().await;
+    let w = env.spawn_worker("w1", &[]);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let mut expected = Expected::default();
+    env.produce(env.generator(13, 100).take(2_000), &mut expected)
+        .await;
+    // Key 42 belongs to partition 2 of 6; send it to partition 0.
+    let p: FutureProducer = env.config.kafka.client_config().create().unwrap();
+    let v = br#"{"id":42,"updated_at":"2030-01-01T00:00:00Z"}"#;
+    p.send(
+        FutureRecord::to(&env.config.types.pepper.topic)
+            .key("42")
+            .payload(&v[..])
+            .partition(0),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // Misrouted but valid: it is applied like any other event.
+    let misrouted = leafsync_core::ImageEvent::decode(v, 1024).unwrap();
+    expected.apply(leafsync_core::ImageType::Pepper, &misrouted);
+    let r = env.wait_synced(&expected, Duration::from_secs(60)).await;
+    assert!(r.is_exact(), "{}", r.summary());
+    tokio::time::sleep(Duration::from_secs(6)).await; // one lag measurement period
+    let (status, m) = w.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let pepper = &env.config.types.pepper.topic;
+    for needle in [
+        "leafsync_worker_events_total{outcome=\"inserted\"",
+        "leafsync_worker_event_bytes_total{",
+        "leafsync_worker_batch_size_bucket{",
+        "leafsync_worker_batch_write_seconds_bucket{",
+        "leafsync_worker_e2e_latency_seconds_bucket{",
+        "leafsync_worker_consumer_lag{partition=\"0\"",
+        "leafsync_worker_assigned_partitions 18",
+        "leafsync_worker_rebalances_total{kind=\"assign\"}",
+        &format!("leafsync_worker_misrouted_total{{topic=\"{pepper}\"}} 1"),
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    let lag: i64 = m
+        .lines()
+        .filter(|l| l.starts_with("leafsync_worker_consumer_lag{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(lag, 0, "caught up: high watermark − committed = 0");
+    assert_eq!(w.get("/live").await.unwrap().0, 200);
+}
+
+/// An OTLP/HTTP receiver: collects every span the worker exports.
+async fn otlp_receiver() -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+) {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let s = spans.clone();
+    let route = warp::post()
+        .and(warp::path!("v1" / "traces"))
+        .and(warp::body::bytes())
+        .map(move |body: bytes::Bytes| {
+            let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+            let mut all = s.lock().unwrap();
+            for rs in req.resource_spans {
+                for ss in rs.scope_spans {
+                    all.extend(ss.spans);
+                }
+            }
+            warp::reply()
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    (addr, spans)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traced_event_yields_a_linked_batch_span_with_a_db_child() {
+    let env = TestEnv::new().await;
+    let (addr, spans) = otlp_receiver().await;
+    let endpoint = format!("http://{addr}");
+    let w = env.spawn_worker("w1", &[("LEAFSYNC__TELEMETRY__OTLP_ENDPOINT", &endpoint)]);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let p: FutureProducer = env.config.kafka.client_config().create().unwrap();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "traceparent",
+        value: Some(format!("00-{trace_id}-00f067aa0ba902b7-01").as_bytes()),
+    });
+    let v = br#"{"id":7,"updated_at":"2030-01-01T00:00:00Z"}"#;
+    let partition = leafsync_core::partitioner::partition_for(ImageId::new(7).unwrap(), 6);
+    p.send(
+        FutureRecord::to(&env.config.types.potato.topic)
+            .key("7")
+            .payload(&v[..])
+            .partition(partition)
+            .headers(headers),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let want: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let all = spans.lock().unwrap();
+            let by_id: HashMap<&[u8], &opentelemetry_proto::tonic::trace::v1::Span> =
+                all.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+            if let Some(batch) = all
+                .iter()
+                .find(|s| s.links.iter().any(|l| l.trace_id == want))
+            {
+                assert!(batch.name.starts_with("process "), "{}", batch.name);
+                let attrs: Vec<&str> = batch.attributes.iter().map(|a| a.key.as_str()).collect();
+                for a in [
+                    "messaging.system",
+                    "messaging.destination.name",
+                    "messaging.destination.partition.id",
+                    "messaging.batch.message_count",
+                    "leafsync.inserted",
+                ] {
+                    assert!(attrs.contains(&a), "{a} missing in {attrs:?}");
+                }
+                let child = all
+                    .iter()
+                    .find(|s| s.parent_span_id == batch.span_id && s.name.starts_with("update "));
+                assert!(
+                    child.is_some(),
+                    "DB span under the batch span; spans: {:?}",
+                    all.iter().map(|s| &s.name).collect::<Vec<_>>()
+                );
+                assert!(by_id.contains_key(batch.span_id.as_slice()));
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no linked batch span exported\n{}",
+            w.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
