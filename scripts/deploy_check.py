@@ -120,6 +120,17 @@ for overlay in ["local", "gke"]:
         check("gke: load balancer health check on /ready", bc["spec"]["healthCheck"]["requestPath"] == "/ready"
               and bc["spec"]["healthCheck"]["port"] == api_port)
 
+# The dashboard only queries metrics the binaries define.
+import json
+import re
+dash = json.loads(Path("deploy/grafana/leafsync-dashboard.json").read_text())
+sources = Path("worker/src/metrics.rs").read_text() + Path("api/src/metrics.rs").read_text()
+for p in dash["panels"]:
+    for t in p["targets"]:
+        for metric in re.findall(r"leafsync_[a-z0-9_]+", t["expr"]):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            check(f"dashboard: {metric} is exported", f'"{base}"' in sources)
+
 passed = sum(1 for _, ok, _ in results if ok)
 failed = len(results) - passed
 print(f"{passed} passed, {failed} failed")
