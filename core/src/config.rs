@@ -561,6 +561,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment::Error, which is large; that is figment's API.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

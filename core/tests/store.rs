@@ -84,7 +84,9 @@ async fn stale_guard_outcomes() {
     let s = store().await;
     let v2 = event_doc(10, "2025-01-01T00:00:02Z", "v2");
     assert_eq!(
-        s.write_batch("potato", &[v2.clone()]).await.unwrap(),
+        s.write_batch("potato", std::slice::from_ref(&v2))
+            .await
+            .unwrap(),
         [Inserted]
     );
 

@@ -51,7 +51,7 @@ pub async fn flood(
         if f.count.is_some_and(|c| n >= c) || f.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if f.rate > 0 && n % 64 == 0 {
+        if f.rate > 0 && n.is_multiple_of(64) {
             let due = started + Duration::from_secs_f64(n as f64 / f.rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 tokio::time::sleep(wait).await;
@@ -79,7 +79,7 @@ pub async fn flood(
             producer.send(topic, &key, value.as_deref(), false).await?;
             expected.poison += 1;
         }
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             on_progress(n);
         }
     }

@@ -208,9 +208,8 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             };
             println!("{:<28}{}", "events", r.events);
             println!(
-                "{:<28}{}",
-                "poison / dead-lettered",
-                format!("{} / {}", r.poison, r.dead_lettered)
+                "{:<28}{} / {}",
+                "poison / dead-lettered", r.poison, r.dead_lettered
             );
             println!(
                 "{:<28}{:.0}/s over {:.1} s",

@@ -42,11 +42,10 @@ pub struct RunReport {
     pub samples: Vec<Sample>,
 }
 
-fn chart(
-    title: &str,
-    series: &[(&str, RGBColor, Vec<(f64, f64)>)],
-    y_label: &str,
-) -> anyhow::Result<String> {
+/// One line of a chart: its legend, colour and (seconds, value) points.
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+fn chart(title: &str, series: &[Series<'_>], y_label: &str) -> anyhow::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (900, 300)).into_drawing_area();
