@@ -63,11 +63,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics::Metrics::new(),
         ready: tokio::sync::Mutex::new(None),
     });
+    warm_totals(&state);
     let (addr, server) = serve(state, bind, shutdown).await?;
     tracing::info!(%addr, "leafsync-api listening");
     server.await?;
     tracing::info!("leafsync-api stopped");
     Ok(())
+}
+
+/// Starts every `/total` count in the background, so the first clients find them cached
+/// instead of waiting for a multi-second count of a large collection.
+fn warm_totals(state: &Arc<State>) {
+    for t in leafsync_core::ImageType::ALL {
+        for include_deleted in [false, true] {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let coll = state.config.types.get(t).collection.clone();
+                let store = state.store.clone();
+                let _ = state
+                    .totals
+                    .get((t, include_deleted), move || async move { store.count(&coll, include_deleted).await })
+                    .await;
+            });
+        }
+    }
 }
 
 /// Binds `bind` and spawns the server; returns the bound address and the server task.

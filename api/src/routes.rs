@@ -188,14 +188,16 @@ async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, Ap
             }
         }
         Route::Total(t, include_deleted) => {
-            let coll = &state.config.types.get(*t).collection;
+            let coll = state.config.types.get(*t).collection.clone();
+            let store = state.store.clone();
+            let include_deleted = *include_deleted;
             let n = bounded(state, async {
                 state
                     .totals
-                    .get((*t, *include_deleted), || {
+                    .get((*t, include_deleted), move || {
                         let span = tracing::info_span!("mongodb.count", otel.name = format!("count {coll}"), otel.kind = "client",
                             db.system = "mongodb", db.collection.name = %coll, db.operation.name = "count");
-                        state.store.count(coll, *include_deleted).instrument(span)
+                        async move { store.count(&coll, include_deleted).await }.instrument(span)
                     })
                     .await
             })

@@ -1,53 +1,103 @@
-//! `/total` stays fast as collections grow: counts are served from a per-(type, include_deleted)
-//! cache refreshed at most every `api.total_cache_ttl_ms` (the staleness bound), and only one
-//! request refreshes an entry while the others wait for its answer (single flight).
+//! `/total` stays fast as collections grow. Counting a large collection takes seconds (2–3 s
+//! for 1,000,000 documents on the stand-in server), longer than a request may wait, so counts
+//! are refreshed in the background and served from a per-(type, include_deleted) cache:
+//!
+//! - fresh (younger than `api.total_cache_ttl_ms`): answered at once;
+//! - stale: answered at once with the last count, and one background refresh starts (single
+//!   flight: concurrent requests never start a second count);
+//! - none yet: the request waits for the refresh (within its own timeout). A timed-out request
+//!   does not cancel the refresh, so the next one finds the count.
+//!
+//! Staleness bound: a served count is at most TTL + the duration of one count old.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leafsync_core::ImageType;
-use tokio::sync::Mutex;
+use leafsync_core::store::ErrorClass;
+use leafsync_core::{ImageType, StoreError};
+use tokio::sync::watch;
 
-type Slot = Arc<Mutex<Option<(Instant, u64)>>>;
+type Outcome = Option<Result<u64, StoreError>>;
+
+struct Slot {
+    value: Option<(Instant, u64)>,
+    refreshing: Option<watch::Receiver<Outcome>>,
+}
 
 /// Cached counts.
 pub struct TotalCache {
     ttl: Duration,
-    slots: HashMap<(ImageType, bool), Slot>,
+    slots: HashMap<(ImageType, bool), Arc<Mutex<Slot>>>,
 }
 
 impl TotalCache {
-    /// A cache whose entries live `ttl`.
+    /// A cache whose entries are fresh for `ttl`.
     pub fn new(ttl: Duration) -> Self {
         let slots = ImageType::ALL
             .into_iter()
             .flat_map(|t| [(t, false), (t, true)])
-            .map(|k| (k, Arc::new(Mutex::new(None))))
+            .map(|k| (k, Arc::new(Mutex::new(Slot { value: None, refreshing: None }))))
             .collect();
         Self { ttl, slots }
     }
 
-    /// The count for `key`, fetched with `fetch` when the cached one is older than the TTL.
-    pub async fn get<F, Fut, E>(&self, key: (ImageType, bool), fetch: F) -> Result<u64, E>
+    /// The count for `key`; `fetch` makes a new count when one is needed.
+    pub async fn get<F, Fut>(&self, key: (ImageType, bool), fetch: F) -> Result<u64, StoreError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<u64, E>>,
+        Fut: Future<Output = Result<u64, StoreError>> + Send + 'static,
     {
         let Some(slot) = self.slots.get(&key) else {
             return fetch().await;
         };
-        // Holding the slot's lock while fetching is what makes concurrent misses share one query.
-        let mut entry = slot.lock().await;
-        if let Some((at, n)) = *entry {
-            if at.elapsed() < self.ttl {
-                return Ok(n);
+        let (stale, mut rx) = {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, n)) = s.value {
+                if at.elapsed() < self.ttl {
+                    return Ok(n);
+                }
+            }
+            let rx = match &s.refreshing {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    s.refreshing = Some(rx.clone());
+                    let fut = fetch();
+                    let slot = slot.clone();
+                    tokio::spawn(async move {
+                        let result = fut.await;
+                        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Ok(n) = &result {
+                            s.value = Some((Instant::now(), *n));
+                        }
+                        s.refreshing = None;
+                        let _ = tx.send(Some(result));
+                    });
+                    rx
+                }
+            };
+            (s.value.map(|(_, n)| n), rx)
+        };
+        if let Some(n) = stale {
+            return Ok(n);
+        }
+        loop {
+            if let Some(result) = rx.borrow_and_update().clone() {
+                return result;
+            }
+            if rx.changed().await.is_err() {
+                // The refresh task ended without a result (it panicked); the next request
+                // starts a new one.
+                slot.lock().unwrap_or_else(|p| p.into_inner()).refreshing = None;
+                return Err(StoreError {
+                    class: ErrorClass::Transient,
+                    op: "count",
+                    message: "the count refresh ended without a result".to_owned(),
+                });
             }
         }
-        let n = fetch().await?;
-        *entry = Some((Instant::now(), n));
-        Ok(n)
     }
 }
 
@@ -57,51 +107,59 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]
-    async fn concurrent_misses_share_one_fetch_and_entries_expire() {
-        let cache = Arc::new(TotalCache::new(Duration::from_millis(200)));
+    async fn concurrent_misses_share_one_fetch_then_stale_values_are_served_while_refreshing() {
+        let cache = Arc::new(TotalCache::new(Duration::from_millis(100)));
         let calls = Arc::new(AtomicU32::new(0));
+        let fetch = |n: u64, calls: Arc<AtomicU32>| {
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(n)
+            }
+        };
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let (cache, calls) = (cache.clone(), calls.clone());
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get((ImageType::Potato, false), || async {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok::<_, ()>(7)
-                    })
-                    .await
-            }));
+            tasks.push(tokio::spawn(async move { cache.get((ImageType::Potato, false), fetch(7, calls)).await }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap(), Ok(7));
+            assert_eq!(t.await.unwrap().unwrap(), 7);
         }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one count for 20 concurrent misses");
+
+        // Fresh: served from the cache, no fetch.
+        assert_eq!(cache.get((ImageType::Potato, false), fetch(8, calls.clone())).await.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // Other key: own entry.
-        let n = cache
-            .get((ImageType::Potato, true), || async { Ok::<_, ()>(9) })
-            .await;
-        assert_eq!(n, Ok(9));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let n = cache
-            .get((ImageType::Potato, false), || async { Ok::<_, ()>(8) })
-            .await;
-        assert_eq!(n, Ok(8), "expired entries are refreshed");
-        // A failed refresh is not cached.
-        let cache = TotalCache::new(Duration::from_secs(60));
-        assert_eq!(
-            cache
-                .get((ImageType::Tomato, false), || async {
-                    Err::<u64, _>("down")
-                })
-                .await,
-            Err("down")
-        );
-        assert_eq!(
-            cache
-                .get((ImageType::Tomato, false), || async { Ok::<_, &str>(3) })
-                .await,
-            Ok(3)
-        );
+
+        // Stale: the old value at once, a refresh in the background, the new value after it.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let t = Instant::now();
+        assert_eq!(cache.get((ImageType::Potato, false), fetch(8, calls.clone())).await.unwrap(), 7);
+        assert!(t.elapsed() < Duration::from_millis(40), "stale answers do not wait");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cache.get((ImageType::Potato, false), fetch(9, calls.clone())).await.unwrap(), 8);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    fn down() -> StoreError {
+        StoreError { class: ErrorClass::Transient, op: "count", message: "down".into() }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_does_not_cancel_the_refresh_and_errors_are_not_cached() {
+        let cache = Arc::new(TotalCache::new(Duration::from_secs(60)));
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(42)
+        };
+        let r = tokio::time::timeout(Duration::from_millis(20), cache.get((ImageType::Tomato, true), slow)).await;
+        assert!(r.is_err(), "the request timed out");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let never = || async { Err(down()) };
+        assert_eq!(cache.get((ImageType::Tomato, true), never).await.unwrap(), 42, "the refresh finished anyway");
+
+        let e = cache.get((ImageType::Pepper, false), || async { Err(down()) }).await;
+        assert!(e.is_err());
+        assert_eq!(cache.get((ImageType::Pepper, false), || async { Ok(3) }).await.unwrap(), 3, "errors are not cached");
     }
 }

@@ -329,6 +329,8 @@ pub struct WorkerConfig {
     pub stuck_after_ms: u64,
     /// librdkafka pre-fetch bound per partition, KiB.
     pub queued_max_kbytes: u64,
+    /// Partitions that may hold a full batch and write at the same time.
+    pub max_in_flight_batches: usize,
     /// Micro-batching.
     pub batch: BatchConfig,
     /// Retry of transient failures.
@@ -523,6 +525,7 @@ impl Config {
         }
         positive("worker.stuck_after_ms", w.stuck_after_ms)?;
         positive("worker.queued_max_kbytes", w.queued_max_kbytes)?;
+        positive("worker.max_in_flight_batches", w.max_in_flight_batches as u64)?;
         if !(1..=100_000).contains(&w.batch.max_events) {
             return Err(invalid(
                 "worker.batch.max_events",

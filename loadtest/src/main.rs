@@ -127,6 +127,18 @@ enum Command {
         /// RNG seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write into this database (default: a fresh one, dropped afterwards).
+        #[arg(long)]
+        database: Option<String>,
+        /// Keep the written documents (e.g. to benchmark the API on them).
+        #[arg(long)]
+        keep: bool,
+        /// Write potato documents with ids 1..=count (a dense key space for read benchmarks).
+        #[arg(long)]
+        sequential: bool,
+        /// Concurrent writers (the worker writes up to worker.max_in_flight_batches at once).
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
 }
 
@@ -236,12 +248,7 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             );
             Ok(r.verify.is_exact() && r.dead_lettered >= r.poison as i64)
         }
-        Command::BenchDb {
-            count,
-            batches,
-            classified,
-            seed,
-        } => {
+        Command::BenchDb { count, batches, classified, seed, database, keep, sequential, concurrency } => {
             for batch in batches {
                 let gen = GenConfig {
                     seed,
@@ -249,11 +256,12 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                     delete_ratio: 0.0,
                     start: Utc::now(),
                 };
-                let db = format!("leafsync_bench_{}", std::process::id());
-                let r = bench_db::bench_db(&config, gen, count, batch, classified, &db).await?;
+                let db = database.clone().unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
+                let r = bench_db::bench_db(&config, gen, count, batch, classified, &db, keep, sequential, concurrency).await?;
                 println!(
-                    "bench-db batch={:<6} docs={:<8} {:>8.0} docs/s  ({:.2} s, classified={})",
-                    r.batch, r.docs, r.docs_per_s, r.seconds, r.classified
+                    "bench-db batch={:<6} concurrency={} docs={:<8} {:>8.0} docs/s  ({:.2} s, classified={})",
+                    r.batch,
+                    r.concurrency, r.docs, r.docs_per_s, r.seconds, r.classified
                 );
             }
             Ok(true)

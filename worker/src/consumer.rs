@@ -250,6 +250,7 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
     let session = cfg.kafka.session_timeout_ms.to_string();
     let commit = cfg.worker.commit_interval_ms.to_string();
     let queued = cfg.worker.queued_max_kbytes.to_string();
+    let queued_min = cfg.worker.batch.max_events.to_string();
     let mut c = cfg.kafka.client_config_with(&[
         ("group.id", &cfg.kafka.group_id),
         ("client.id", worker_id),
@@ -262,6 +263,12 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
         ("enable.auto.offset.store", "false"),
         ("auto.commit.interval.ms", &commit),
         ("queued.max.messages.kbytes", &queued),
+        // librdkafka's defaults pre-fetch up to 100k messages per partition and 50 MB per fetch:
+        // on a backlog that is most of the worker's memory. A few batches ahead is enough.
+        ("queued.min.messages", &queued_min),
+        // Fetch buffers stay allocated while any message in them is unconsumed: keep them small.
+        ("fetch.max.bytes", "1048576"),
+        ("fetch.message.max.bytes", "262144"),
         ("enable.partition.eof", "false"),
     ]);
     if let Some(id) = &cfg.worker.instance_id {

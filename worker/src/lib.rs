@@ -37,6 +37,8 @@ pub struct Shared {
     pub health: health::Health,
     /// This worker's id in logs, dead-letter headers and the group.
     pub worker_id: String,
+    /// Permits for partitions holding a full batch (`worker.max_in_flight_batches`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// This worker's id: the configured instance id, or host name and process id.
@@ -61,6 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id)
         .context("cannot create the dead-letter producer")?;
     let admin_addr = config.worker.admin_addr;
+    let config_in_flight = config.worker.max_in_flight_batches;
     let shared = Arc::new(Shared {
         config,
         store,
@@ -68,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics::Metrics::new(),
         health: health::Health::default(),
         worker_id,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config_in_flight)),
     });
     let (addr, admin) = admin::start(admin_addr, shared.clone(), shutdown.clone())
         .await

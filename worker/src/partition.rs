@@ -13,7 +13,7 @@ use mongodb::bson::Document;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -91,7 +91,8 @@ impl PartitionTask {
             .get(self.image_type)
             .collection
             .clone();
-        while let Some(batch) = self.gather().await {
+        while let Some((batch, _permit)) = self.gather().await {
+            // The permit is released when this iteration ends, after the write.
             self.process(batch, &collection, &projection, partitions_in_topic)
                 .await;
             if self.stop.is_cancelled() {
@@ -137,13 +138,22 @@ impl PartitionTask {
     }
 
     /// Up to `batch.max_events` messages, or what arrived within `batch.max_wait_ms` of the
-    /// first one. `None` when stopped with nothing in hand.
-    async fn gather(&mut self) -> Option<Vec<OwnedMessage>> {
+    /// first one, with the in-flight permit to hold until written. `None` when stopped with
+    /// nothing in hand.
+    async fn gather(&mut self) -> Option<(Vec<OwnedMessage>, Option<OwnedSemaphorePermit>)> {
         let stop = self.stop.clone();
         let first = tokio::select! {
             biased;
             () = stop.cancelled() => return None,
             m = self.next() => m,
+        };
+        // Only partitions holding a permit gather a full batch; the rest wait with their events
+        // still queued in librdkafka, which bounds the worker's memory.
+        let permit = tokio::select! {
+            biased;
+            // Stopping: handle the one event in hand without waiting for a permit.
+            () = stop.cancelled() => return Some((vec![first], None)),
+            p = self.shared.in_flight.clone().acquire_owned() => p.ok(),
         };
         let max = self.shared.config.worker.batch.max_events;
         let deadline =
@@ -158,7 +168,7 @@ impl PartitionTask {
                 m = self.next() => batch.push(m),
             }
         }
-        Some(batch)
+        Some((batch, permit))
     }
 
     async fn process(
