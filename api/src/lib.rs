@@ -82,7 +82,9 @@ fn warm_totals(state: &Arc<State>) {
                 let store = state.store.clone();
                 let _ = state
                     .totals
-                    .get((t, include_deleted), move || async move { store.count(&coll, include_deleted).await })
+                    .get((t, include_deleted), move || async move {
+                        store.count(&coll, include_deleted).await
+                    })
                     .await;
             });
         }

@@ -38,7 +38,15 @@ impl TotalCache {
         let slots = ImageType::ALL
             .into_iter()
             .flat_map(|t| [(t, false), (t, true)])
-            .map(|k| (k, Arc::new(Mutex::new(Slot { value: None, refreshing: None }))))
+            .map(|k| {
+                (
+                    k,
+                    Arc::new(Mutex::new(Slot {
+                        value: None,
+                        refreshing: None,
+                    })),
+                )
+            })
             .collect();
         Self { ttl, slots }
     }
@@ -120,29 +128,60 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let (cache, calls) = (cache.clone(), calls.clone());
-            tasks.push(tokio::spawn(async move { cache.get((ImageType::Potato, false), fetch(7, calls)).await }));
+            tasks.push(tokio::spawn(async move {
+                cache.get((ImageType::Potato, false), fetch(7, calls)).await
+            }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap().unwrap(), 7);
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "one count for 20 concurrent misses");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one count for 20 concurrent misses"
+        );
 
         // Fresh: served from the cache, no fetch.
-        assert_eq!(cache.get((ImageType::Potato, false), fetch(8, calls.clone())).await.unwrap(), 7);
+        assert_eq!(
+            cache
+                .get((ImageType::Potato, false), fetch(8, calls.clone()))
+                .await
+                .unwrap(),
+            7
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         // Stale: the old value at once, a refresh in the background, the new value after it.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let t = Instant::now();
-        assert_eq!(cache.get((ImageType::Potato, false), fetch(8, calls.clone())).await.unwrap(), 7);
-        assert!(t.elapsed() < Duration::from_millis(40), "stale answers do not wait");
+        assert_eq!(
+            cache
+                .get((ImageType::Potato, false), fetch(8, calls.clone()))
+                .await
+                .unwrap(),
+            7
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(40),
+            "stale answers do not wait"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(cache.get((ImageType::Potato, false), fetch(9, calls.clone())).await.unwrap(), 8);
+        assert_eq!(
+            cache
+                .get((ImageType::Potato, false), fetch(9, calls.clone()))
+                .await
+                .unwrap(),
+            8
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     fn down() -> StoreError {
-        StoreError { class: ErrorClass::Transient, op: "count", message: "down".into() }
+        StoreError {
+            class: ErrorClass::Transient,
+            op: "count",
+            message: "down".into(),
+        }
     }
 
     #[tokio::test]
@@ -152,14 +191,31 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(42)
         };
-        let r = tokio::time::timeout(Duration::from_millis(20), cache.get((ImageType::Tomato, true), slow)).await;
+        let r = tokio::time::timeout(
+            Duration::from_millis(20),
+            cache.get((ImageType::Tomato, true), slow),
+        )
+        .await;
         assert!(r.is_err(), "the request timed out");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let never = || async { Err(down()) };
-        assert_eq!(cache.get((ImageType::Tomato, true), never).await.unwrap(), 42, "the refresh finished anyway");
+        assert_eq!(
+            cache.get((ImageType::Tomato, true), never).await.unwrap(),
+            42,
+            "the refresh finished anyway"
+        );
 
-        let e = cache.get((ImageType::Pepper, false), || async { Err(down()) }).await;
+        let e = cache
+            .get((ImageType::Pepper, false), || async { Err(down()) })
+            .await;
         assert!(e.is_err());
-        assert_eq!(cache.get((ImageType::Pepper, false), || async { Ok(3) }).await.unwrap(), 3, "errors are not cached");
+        assert_eq!(
+            cache
+                .get((ImageType::Pepper, false), || async { Ok(3) })
+                .await
+                .unwrap(),
+            3,
+            "errors are not cached"
+        );
     }
 }

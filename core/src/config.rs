@@ -525,7 +525,10 @@ impl Config {
         }
         positive("worker.stuck_after_ms", w.stuck_after_ms)?;
         positive("worker.queued_max_kbytes", w.queued_max_kbytes)?;
-        positive("worker.max_in_flight_batches", w.max_in_flight_batches as u64)?;
+        positive(
+            "worker.max_in_flight_batches",
+            w.max_in_flight_batches as u64,
+        )?;
         if !(1..=100_000).contains(&w.batch.max_events) {
             return Err(invalid(
                 "worker.batch.max_events",

@@ -65,7 +65,9 @@ pub async fn bench_db(
     for lane in lanes {
         let store = store.clone();
         let types = config.types.clone();
-        tasks.push(tokio::spawn(async move { write_lane(&store, &types, lane, batch, classified).await }));
+        tasks.push(tokio::spawn(async move {
+            write_lane(&store, &types, lane, batch, classified).await
+        }));
     }
     let mut written = 0;
     for t in tasks {
@@ -75,7 +77,14 @@ pub async fn bench_db(
     if !keep {
         store.database().drop().await.ok();
     }
-    Ok(BenchResult { docs: written, batch, seconds, docs_per_s: written as f64 / seconds, classified, concurrency })
+    Ok(BenchResult {
+        docs: written,
+        batch,
+        seconds,
+        docs_per_s: written as f64 / seconds,
+        classified,
+        concurrency,
+    })
 }
 
 /// One writer: batches per type; duplicate ids within a batch collapse to the newest, as the
@@ -107,7 +116,12 @@ async fn write_lane(
     Ok(written)
 }
 
-async fn flush(store: &Store, coll: &str, docs: &[Document], classified: bool) -> anyhow::Result<u64> {
+async fn flush(
+    store: &Store,
+    coll: &str,
+    docs: &[Document],
+    classified: bool,
+) -> anyhow::Result<u64> {
     if classified {
         store.write_batch(coll, docs).await?;
     } else {

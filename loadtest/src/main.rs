@@ -248,7 +248,16 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             );
             Ok(r.verify.is_exact() && r.dead_lettered >= r.poison as i64)
         }
-        Command::BenchDb { count, batches, classified, seed, database, keep, sequential, concurrency } => {
+        Command::BenchDb {
+            count,
+            batches,
+            classified,
+            seed,
+            database,
+            keep,
+            sequential,
+            concurrency,
+        } => {
             for batch in batches {
                 let gen = GenConfig {
                     seed,
@@ -256,8 +265,21 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                     delete_ratio: 0.0,
                     start: Utc::now(),
                 };
-                let db = database.clone().unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
-                let r = bench_db::bench_db(&config, gen, count, batch, classified, &db, keep, sequential, concurrency).await?;
+                let db = database
+                    .clone()
+                    .unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
+                let r = bench_db::bench_db(
+                    &config,
+                    gen,
+                    count,
+                    batch,
+                    classified,
+                    &db,
+                    keep,
+                    sequential,
+                    concurrency,
+                )
+                .await?;
                 println!(
                     "bench-db batch={:<6} concurrency={} docs={:<8} {:>8.0} docs/s  ({:.2} s, classified={})",
                     r.batch,
