@@ -35,7 +35,7 @@ pub fn document() -> Value {
                 "parameters": [image_type, {"name": "include_deleted", "in": "query", "required": false,
                     "schema": {"type": "boolean", "default": false}}],
                 "responses": {
-                    "200": {"description": "The count (at most api.total_cache_ttl_ms old)",
+                    "200": {"description": "The count (at most api.total_cache_ttl_ms + 10 s old; exact when the TTL is 0)",
                         "content": {"application/json": {"schema": {"type": "integer", "minimum": 0}}}},
                     "400": error_response("Unknown image type or bad query"),
                     "503": error_response("Database unavailable"),

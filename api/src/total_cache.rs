@@ -3,12 +3,18 @@
 //! are refreshed in the background and served from a per-(type, include_deleted) cache:
 //!
 //! - fresh (younger than `api.total_cache_ttl_ms`): answered at once;
-//! - stale: answered at once with the last count, and one background refresh starts (single
-//!   flight: concurrent requests never start a second count);
+//! - stale, but younger than TTL + a grace of 10 s: answered at once with the last count, and one
+//!   background refresh starts (single flight: concurrent requests never start a second count);
+//! - older (e.g. the database has been down for a while), or TTL 0 (exact counts asked for):
+//!   the request waits for the refresh, and gets a 503 if the database does not answer in time;
 //! - none yet: the request waits for the refresh (within its own timeout). A timed-out request
 //!   does not cancel the refresh, so the next one finds the count.
 //!
-//! Staleness bound: a served count is at most TTL + the duration of one count old.
+//! Staleness bound: a served count is at most TTL + 10 s old (in steady state, TTL + the duration
+//! of one count).
+
+/// How long past its TTL a count may still be served while a refresh runs.
+pub const STALE_GRACE: Duration = Duration::from_secs(10);
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,12 +35,18 @@ struct Slot {
 /// Cached counts.
 pub struct TotalCache {
     ttl: Duration,
+    grace: Duration,
     slots: HashMap<(ImageType, bool), Arc<Mutex<Slot>>>,
 }
 
 impl TotalCache {
-    /// A cache whose entries are fresh for `ttl`.
+    /// A cache whose entries are fresh for `ttl`, served stale for [`STALE_GRACE`] more.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_grace(ttl, STALE_GRACE)
+    }
+
+    /// Like [`new`](Self::new) with another grace period.
+    pub fn with_grace(ttl: Duration, grace: Duration) -> Self {
         let slots = ImageType::ALL
             .into_iter()
             .flat_map(|t| [(t, false), (t, true)])
@@ -48,7 +60,9 @@ impl TotalCache {
                 )
             })
             .collect();
-        Self { ttl, slots }
+        // TTL 0 asks for exact counts: never serve a stale one.
+        let grace = if ttl.is_zero() { Duration::ZERO } else { grace };
+        Self { ttl, grace, slots }
     }
 
     /// The count for `key`; `fetch` makes a new count when one is needed.
@@ -86,7 +100,12 @@ impl TotalCache {
                     rx
                 }
             };
-            (s.value.map(|(_, n)| n), rx)
+            let limit = self.ttl + self.grace;
+            let stale = s
+                .value
+                .filter(|(at, _)| at.elapsed() < limit)
+                .map(|(_, n)| n);
+            (stale, rx)
         };
         if let Some(n) = stale {
             return Ok(n);
@@ -174,6 +193,44 @@ mod tests {
             8
         );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn past_the_grace_period_or_with_ttl_zero_requests_wait_for_a_real_count() {
+        let cache = TotalCache::with_grace(Duration::from_millis(20), Duration::from_millis(20));
+        assert_eq!(
+            cache
+                .get((ImageType::Potato, true), || async { Ok(5) })
+                .await
+                .unwrap(),
+            5
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Too old to serve: the failing refresh's error comes back (the API answers 503).
+        assert!(cache
+            .get((ImageType::Potato, true), || async { Err(down()) })
+            .await
+            .is_err());
+
+        let exact = TotalCache::new(Duration::ZERO);
+        assert_eq!(
+            exact
+                .get((ImageType::Potato, true), || async { Ok(1) })
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            exact
+                .get((ImageType::Potato, true), || async { Ok(2) })
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(exact
+            .get((ImageType::Potato, true), || async { Err(down()) })
+            .await
+            .is_err());
     }
 
     fn down() -> StoreError {
