@@ -57,7 +57,11 @@ fn labels(t: ImageType) -> &'static [&'static str] {
 
 impl Generator {
     /// A stream for `cfg`.
-    pub fn new(cfg: GenConfig) -> Self {
+    pub fn new(mut cfg: GenConfig) -> Self {
+        // Events carry millisecond timestamps (the contract's precision), so a generated event
+        // equals what a consumer decodes from it.
+        cfg.start =
+            DateTime::from_timestamp_millis(cfg.start.timestamp_millis()).unwrap_or(cfg.start);
         Self {
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
             cfg,
@@ -125,6 +129,14 @@ mod tests {
             delete_ratio: 0.1,
             start: DateTime::from_timestamp(1_750_000_000, 0).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_generated_event_equals_its_decoded_form_whatever_the_start() {
+        let start = DateTime::from_timestamp(1_750_000_000, 123_456_789).unwrap();
+        let g = Generator::new(GenConfig { start, ..cfg(5) }).next_event();
+        let back = ImageEvent::decode(g.event.to_json().to_string().as_bytes(), 1 << 20).unwrap();
+        assert_eq!(back, g.event);
     }
 
     #[test]
