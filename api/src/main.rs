@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use leafsync_core::{shutdown, telemetry, Config};
+use leafsync_core::process;
 
 #[derive(Parser)]
 #[command(version, about = "HTTP read service over leafsync's image database")]
@@ -19,43 +19,18 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let config = match process::load_config("leafsync-api", cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("leafsync-api: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if cli.print_config {
         print!("{}", config.redacted_toml());
         return ExitCode::SUCCESS;
     }
-    let _telemetry = match telemetry::init("leafsync-api", &config.telemetry) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("leafsync-api: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("leafsync-api: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let token = shutdown::install();
-        leafsync_api::run(config, token).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("leafsync-api: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run("leafsync-api", config, |config, token| async move {
+        leafsync_api::run(config, token)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+            .map(|()| true)
+    })
 }

@@ -1,8 +1,6 @@
 //! The API's Prometheus metrics.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Metric handles.
 pub struct Metrics {
@@ -60,11 +58,7 @@ impl Metrics {
 
     /// Exposition text.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        leafsync_core::telemetry::render_metrics(&self.registry)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use leafsync_core::document::Projection;
 use leafsync_core::{Config, ImageEvent, Store};
-use leafsync_testkit::{free_port, unique, wait_for_status, PrivateStack, Process};
+use leafsync_testkit::{env_to_toml, free_port, unique, wait_for_status, PrivateStack, Process};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -40,20 +40,7 @@ async fn start_api(mongo_uri: Option<&str>) -> Api {
     if let Some(u) = mongo_uri {
         env.push(("LEAFSYNC__MONGO__URI".to_owned(), u.to_owned()));
     }
-    let toml: String = env
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{} = {v:?}\n",
-                k.trim_start_matches("LEAFSYNC__")
-                    .to_lowercase()
-                    .replace("__", ".")
-            )
-        })
-        .collect::<String>()
-        .replace("\"0\"", "0")
-        .replace("\"100\"", "100")
-        .replace("\"1000\"", "1000");
+    let toml = env_to_toml(&env);
     let config = Config::load_with_overrides(&toml).unwrap();
     let store = Store::connect(&config.mongo, "api-test").await.unwrap();
     store

@@ -4,7 +4,8 @@
 //!   [`document`]: how an image is stored (BSON) and shown (JSON);
 //! - [`partitioner`]: murmur3 partitioning, the producer contract for ordering;
 //! - [`store`]: the MongoDB consumer database and its stale-safe batched write;
-//! - [`config`], [`telemetry`], [`trace_context`], [`shutdown`]: process plumbing, one place each.
+//! - [`config`], [`telemetry`], [`trace_context`], [`shutdown`], [`process`]: process plumbing, one
+//!   place each ([`process`] is how every binary starts and ends).
 
 pub mod config;
 pub mod document;
@@ -12,6 +13,7 @@ pub mod event;
 pub mod image;
 pub mod kafka_admin;
 pub mod partitioner;
+pub mod process;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
-use leafsync_core::{telemetry, Config, Store};
+use leafsync_core::{process, Config, Store};
 use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::flood::{flood, progress, FloodConfig};
 use leafsync_loadtest::generator::GenConfig;
@@ -293,36 +293,13 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let config = match process::load_config("leafsync-loadtest", cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("leafsync-loadtest: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let _telemetry = match telemetry::init("leafsync-loadtest", &config.telemetry) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("leafsync-loadtest: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("leafsync-loadtest: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(main_async(config, cli.command)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("leafsync-loadtest: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run("leafsync-loadtest", config, |config, _token| async move {
+        main_async(config, cli.command)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+    })
 }

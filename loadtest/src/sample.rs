@@ -111,23 +111,20 @@ pub async fn latency_buckets(
     any.then_some(out)
 }
 
+/// Buckets as (upper bound, cumulative count), ascending; `+Inf` last.
+fn sorted_buckets(buckets: &BTreeMap<String, f64>) -> Vec<(f64, f64)> {
+    let mut b: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|(le, c)| (le.parse().unwrap_or(f64::INFINITY), *c))
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    b
+}
+
 /// The `q` quantile of a cumulative histogram (bucket bound → count), by linear interpolation
 /// inside the bucket, as Prometheus' `histogram_quantile` does.
 pub fn quantile(buckets: &BTreeMap<String, f64>, q: f64) -> Option<f64> {
-    let mut b: Vec<(f64, f64)> = buckets
-        .iter()
-        .map(|(le, c)| {
-            (
-                if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                },
-                *c,
-            )
-        })
-        .collect();
-    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let b = sorted_buckets(buckets);
     let total = b.last()?.1;
     if total <= 0.0 {
         return None;
@@ -153,20 +150,7 @@ pub fn quantile(buckets: &BTreeMap<String, f64>, q: f64) -> Option<f64> {
 
 /// The upper bound of the highest non-empty bucket: the most a latency can have been.
 pub fn max_bound(buckets: &BTreeMap<String, f64>) -> Option<f64> {
-    let mut b: Vec<(f64, f64)> = buckets
-        .iter()
-        .map(|(le, c)| {
-            (
-                if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                },
-                *c,
-            )
-        })
-        .collect();
-    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let b = sorted_buckets(buckets);
     let total = b.last()?.1;
     b.into_iter()
         .find(|(_, c)| *c >= total && total > 0.0)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use leafsync_core::kafka_admin::ensure_topics;
 use leafsync_core::{Config, Store};
 use leafsync_loadtest::expected::Expected;
-use leafsync_testkit::{free_port, unique, wait_for_status, Process};
+use leafsync_testkit::{env_to_toml, free_port, unique, wait_for_status, Process};
 use mongodb::bson::doc;
 
 fn sibling(bin: &str) -> PathBuf {
@@ -53,17 +53,7 @@ async fn run_passes_and_verify_catches_lost_and_stale_documents() {
             format!("127.0.0.1:{port}"),
         ),
     ];
-    let toml: String = env
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{} = {v:?}\n",
-                k.trim_start_matches("LEAFSYNC__")
-                    .to_lowercase()
-                    .replace("__", ".")
-            )
-        })
-        .collect();
+    let toml = env_to_toml(&env);
     let config = Config::load_with_overrides(&toml).unwrap();
     let mut topics = config.types.topics();
     topics.push(config.kafka.dead_letter_topic.clone());

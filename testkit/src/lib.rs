@@ -23,6 +23,33 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// `LEAFSYNC__A__B=value` pairs as TOML dotted keys (`a.b = value`), for a test's own view of the
+/// config it gives a child process: integers stay numbers, `[x, y]` becomes a string array.
+pub fn env_to_toml(env: &[(String, String)]) -> String {
+    env.iter()
+        .filter(|(k, _)| k.starts_with("LEAFSYNC__"))
+        .map(|(k, v)| {
+            let key = k
+                .trim_start_matches("LEAFSYNC__")
+                .to_lowercase()
+                .replace("__", ".");
+            let value = if v.parse::<i64>().is_ok() {
+                v.clone()
+            } else if v.starts_with('[') {
+                let items: Vec<String> = v
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|i| format!("{:?}", i.trim()))
+                    .collect();
+                format!("[{}]", items.join(", "))
+            } else {
+                format!("{v:?}")
+            };
+            format!("{key} = {value}\n")
+        })
+        .collect()
+}
+
 /// A TCP port free right now on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use leafsync_core::{shutdown, telemetry, Config};
+use leafsync_core::process;
 use leafsync_worker::replay;
 
 #[derive(Parser)]
@@ -46,12 +46,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let config = match process::load_config("leafsync-worker", cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("leafsync-worker: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Some(Command::PrintConfig) => {
@@ -78,33 +75,10 @@ fn main() -> ExitCode {
         }
         Some(Command::Run) | None => {}
     }
-    // Telemetry is set up outside the runtime so its guard can flush after the runtime ends.
-    let _telemetry = match telemetry::init("leafsync-worker", &config.telemetry) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("leafsync-worker: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("leafsync-worker: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let token = shutdown::install();
-        leafsync_worker::run(config, token).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("leafsync-worker: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run("leafsync-worker", config, |config, token| async move {
+        leafsync_worker::run(config, token)
+            .await
+            .map_err(|e| format!("{e:#}").into())
+            .map(|()| true)
+    })
 }

@@ -2,8 +2,7 @@
 //! logs, so logs and metrics never drift apart.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Metric handles, registered in their own registry.
@@ -134,11 +133,7 @@ impl Metrics {
 
     /// The exposition text for `/metrics`.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        leafsync_core::telemetry::render_metrics(&self.registry)
     }
 }
 

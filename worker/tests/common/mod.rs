@@ -21,7 +21,7 @@ use rdkafka::message::{Headers, Message};
 
 pub const PARTITIONS: i32 = 6;
 
-pub use leafsync_testkit::{free_port, unique, PrivateStack};
+pub use leafsync_testkit::{env_to_toml, free_port, unique, PrivateStack};
 
 /// One test's isolated slice of a stack: its own topics, group, dead-letter topic, database.
 pub struct TestEnv {
@@ -83,29 +83,7 @@ impl TestEnv {
             overrides.push(("LEAFSYNC__MONGO__URI".to_owned(), mongo));
         }
         // The same overrides as TOML dotted keys, for this process's own view of the config.
-        let toml: String = overrides
-            .iter()
-            .map(|(k, v)| {
-                let key = k
-                    .trim_start_matches("LEAFSYNC__")
-                    .to_lowercase()
-                    .replace("__", ".");
-                let value = if v.parse::<i64>().is_ok() {
-                    v.clone()
-                } else if v.starts_with('[') {
-                    // `[a, b]` → a TOML array of strings.
-                    let items: Vec<String> = v
-                        .trim_matches(|c| c == '[' || c == ']')
-                        .split(',')
-                        .map(|i| format!("{:?}", i.trim()))
-                        .collect();
-                    format!("[{}]", items.join(", "))
-                } else {
-                    format!("{v:?}")
-                };
-                format!("{key} = {value}\n")
-            })
-            .collect();
+        let toml = env_to_toml(&overrides);
         let config = Config::load_with_overrides(&toml).expect("test config");
         let mut topics = config.types.topics();
         topics.push(config.kafka.dead_letter_topic.clone());
