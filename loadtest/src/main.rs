@@ -11,7 +11,7 @@ use leafsync_core::{process, Config, Store};
 use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::flood::{flood, progress, FloodConfig};
 use leafsync_loadtest::generator::GenConfig;
-use leafsync_loadtest::run::{run, RunConfig};
+use leafsync_loadtest::run::{dead_letter_count, run, RunConfig};
 use leafsync_loadtest::verify::{wait_until_synced, Report};
 use leafsync_loadtest::{bench_db, via_api};
 
@@ -159,7 +159,7 @@ fn print_report(r: &Report, dead_lettered: Option<(i64, u64)>) {
         }
     }
     if let Some((got, want)) = dead_lettered {
-        println!("dead-lettered: {got} (poison sent: {want})");
+        println!("dead-letter topic: {got} messages (poison sent in this run: {want})");
     }
 }
 
@@ -188,17 +188,22 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             match via_api {
                 Some(base) => {
                     let (r, totals) = via_api::check(&config, &base, &x, timeout).await?;
-                    print_report(&r, None);
+                    let c = config.clone();
+                    let dlq = tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?;
+                    print_report(&r, Some((dlq, x.poison)));
                     for t in &totals {
                         println!("  /total mismatch: {t}");
                     }
-                    Ok(r.is_exact() && totals.is_empty())
+                    Ok(r.is_exact() && totals.is_empty() && dlq >= x.poison as i64)
                 }
                 None => {
                     let store = Store::connect(&config.mongo, "leafsync-loadtest").await?;
                     let r = wait_until_synced(&store, &config.types, &x, timeout).await?;
-                    print_report(&r, None);
-                    Ok(r.is_exact())
+                    let c = config.clone();
+                    let dlq = tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?;
+                    print_report(&r, Some((dlq, x.poison)));
+                    // The topic may also hold earlier runs' dead letters, so fewer is what fails.
+                    Ok(r.is_exact() && dlq >= x.poison as i64)
                 }
             }
         }

@@ -23,8 +23,8 @@ pub struct RunConfig {
     pub out: PathBuf,
 }
 
-/// Sum of the dead-letter topic's high watermarks.
-fn dead_letter_count(config: &Config) -> i64 {
+/// Messages in the dead-letter topic (sum of its high watermarks). Blocking.
+pub fn dead_letter_count(config: &Config) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let Ok(c) = config.kafka.client_config().create::<BaseConsumer>() else {
         return 0;

@@ -137,6 +137,12 @@ async fn run_passes_and_verify_catches_lost_and_stale_documents() {
     };
     let (ok, text) = verify("clean");
     assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "dead-letter topic: {poison} messages (poison sent in this run: {poison})"
+        )),
+        "{text}"
+    );
 
     // Sabotage the database: one document removed, another downgraded to an older version.
     let expected = Expected::load(&expected_file).unwrap();
