@@ -19,6 +19,11 @@ struct Api {
 
 /// Starts `leafsync-api` on a fresh database (of `mongo_uri`, or the stack's) and seeds it.
 async fn start_api(mongo_uri: Option<&str>) -> Api {
+    start_api_with(mongo_uri, &[]).await
+}
+
+/// Like [`start_api`], with extra `LEAFSYNC__…` settings for the API process.
+async fn start_api_with(mongo_uri: Option<&str>, extra: &[(&str, &str)]) -> Api {
     let db = unique("api");
     let port = free_port();
     let mut env = vec![
@@ -40,6 +45,7 @@ async fn start_api(mongo_uri: Option<&str>) -> Api {
     if let Some(u) = mongo_uri {
         env.push(("LEAFSYNC__MONGO__URI".to_owned(), u.to_owned()));
     }
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let toml = env_to_toml(&env);
     let config = Config::load_with_overrides(&toml).unwrap();
     let store = Store::connect(&config.mongo, "api-test").await.unwrap();
@@ -350,6 +356,64 @@ async fn database_outage_gives_503_within_bounds_and_recovers() {
         || api.process.log_tail(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_continues_the_callers_trace_with_a_database_child_span() {
+    let (otlp, spans) = leafsync_testkit::otlp_receiver().await;
+    let api = start_api_with(
+        None,
+        &[(
+            "LEAFSYNC__TELEMETRY__OTLP_ENDPOINT",
+            &format!("http://{otlp}"),
+        )],
+    )
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/image-plant/potato/1", api.addr))
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (want_trace, want_parent) = (
+        leafsync_testkit::hex_id(trace_id),
+        leafsync_testkit::hex_id(parent),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let all = spans.lock().unwrap();
+            if let Some(server) = all
+                .iter()
+                .find(|s| s.trace_id == want_trace && s.parent_span_id == want_parent)
+            {
+                assert_eq!(server.name, "GET /image-plant/{image_type}/{image_id}");
+                let attrs: Vec<&str> = server.attributes.iter().map(|a| a.key.as_str()).collect();
+                for a in [
+                    "http.request.method",
+                    "http.route",
+                    "http.response.status_code",
+                ] {
+                    assert!(attrs.contains(&a), "{a} missing in {attrs:?}");
+                }
+                let child = all.iter().find(|s| s.parent_span_id == server.span_id);
+                assert!(
+                    child.is_some_and(|c| c.name == "find potato"),
+                    "DB span under the request span"
+                );
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server span continuing the caller's trace\n{}",
+            api.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

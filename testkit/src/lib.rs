@@ -201,6 +201,43 @@ impl Drop for Process {
     }
 }
 
+/// Spans received by [`otlp_receiver`].
+pub type Spans = std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>;
+
+/// An OTLP/HTTP receiver on loopback that decodes exports with the official proto types and
+/// keeps every span; point `telemetry.otlp_endpoint` at `http://{addr}`.
+pub async fn otlp_receiver() -> (SocketAddr, Spans) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    use warp::Filter;
+    let spans: Spans = Default::default();
+    let s = spans.clone();
+    let route = warp::post()
+        .and(warp::path!("v1" / "traces"))
+        .and(warp::body::bytes())
+        .map(move |body: bytes::Bytes| {
+            let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+            let mut all = s.lock().unwrap();
+            for rs in req.resource_spans {
+                for ss in rs.scope_spans {
+                    all.extend(ss.spans);
+                }
+            }
+            warp::reply()
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    (addr, spans)
+}
+
+/// Hex trace or span id → bytes, as OTLP carries them.
+pub fn hex_id(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
 /// GET `http://{addr}{path}`: status and body, `None` when nothing answers.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let r = reqwest::get(format!("http://{addr}{path}")).await.ok()?;

@@ -4,17 +4,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
 use leafsync_core::ImageId;
 use leafsync_loadtest::expected::Expected;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use warp::Filter;
 
 fn worker_cmd(env: &TestEnv, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_leafsync-worker"))
@@ -252,36 +248,10 @@ async fn metrics_expose_outcomes_lag_latency_and_misrouted_events() {
     assert_eq!(w.get("/live").await.unwrap().0, 200);
 }
 
-/// An OTLP/HTTP receiver: collects every span the worker exports.
-async fn otlp_receiver() -> (
-    std::net::SocketAddr,
-    Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
-) {
-    let spans = Arc::new(Mutex::new(Vec::new()));
-    let s = spans.clone();
-    let route = warp::post()
-        .and(warp::path!("v1" / "traces"))
-        .and(warp::body::bytes())
-        .map(move |body: bytes::Bytes| {
-            let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-            let mut all = s.lock().unwrap();
-            for rs in req.resource_spans {
-                for ss in rs.scope_spans {
-                    all.extend(ss.spans);
-                }
-            }
-            warp::reply()
-        });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(warp::serve(route).incoming(listener).run());
-    (addr, spans)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_traced_event_yields_a_linked_batch_span_with_a_db_child() {
     let env = TestEnv::new().await;
-    let (addr, spans) = otlp_receiver().await;
+    let (addr, spans) = leafsync_testkit::otlp_receiver().await;
     let endpoint = format!("http://{addr}");
     let w = env.spawn_worker("w1", &[("LEAFSYNC__TELEMETRY__OTLP_ENDPOINT", &endpoint)]);
     w.wait_ready(Duration::from_secs(30)).await;
