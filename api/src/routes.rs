@@ -33,22 +33,8 @@ pub enum Route {
     OpenApi,
 }
 
-impl Route {
-    /// The route template, for metric labels and span names (bounded cardinality).
-    pub fn template(&self) -> &'static str {
-        match self {
-            Route::Image(..) => "/image-plant/{image_type}/{image_id}",
-            Route::Total(..) => "/image-plant/{image_type}/total",
-            Route::Live => "/live",
-            Route::Ready => "/ready",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-        }
-    }
-}
-
-/// The route template a path has the shape of, valid or not, for metric labels: a 400 on
-/// `/image-plant/carrot/1` counts under the route the client meant. Unknown shapes share one
+/// The route template a path has the shape of, valid or not, for metric labels and span names:
+/// a 400 on `/image-plant/carrot/1` counts under the route the client meant. Unknown shapes share one
 /// label so random paths cannot blow up metric cardinality.
 pub fn template_of(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -242,9 +228,7 @@ pub async fn handle(
 ) -> warp::reply::Response {
     let started = Instant::now();
     let routed = route(&method, &path, &query);
-    let template = routed
-        .as_ref()
-        .map_or_else(|_| template_of(&path), Route::template);
+    let template = template_of(&path);
     let span = tracing::info_span!("http.request", otel.name = format!("{method} {template}"), otel.kind = "server",
         http.request.method = %method, http.route = template, url.path = %path, http.response.status_code = tracing::field::Empty);
     let parent =
