@@ -10,8 +10,8 @@ pub mod total_cache;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
+use leafsync_core::cached_check::CachedCheck;
 use leafsync_core::config::ms;
 use leafsync_core::{Config, Store};
 use tokio_util::sync::CancellationToken;
@@ -27,24 +27,15 @@ pub struct State {
     pub metrics: metrics::Metrics,
     /// Cached counts for `/total`.
     pub totals: total_cache::TotalCache,
-    ready: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    ready: CachedCheck,
 }
 
 impl State {
     /// Whether MongoDB answers a ping (checked with a short timeout, cached briefly).
     pub async fn ready(&self) -> bool {
-        let mut cached = self.ready.lock().await;
-        if let Some((at, ok)) = *cached {
-            if at.elapsed() < ms(self.config.api.ready_cache_ms) {
-                return ok;
-            }
-        }
-        let ok = matches!(
-            tokio::time::timeout(routes::READY_TIMEOUT, self.store.ping()).await,
-            Ok(Ok(()))
-        );
-        *cached = Some((Instant::now(), ok));
-        ok
+        self.ready
+            .get(|| self.store.answers_within(routes::READY_TIMEOUT))
+            .await
     }
 }
 
@@ -56,12 +47,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Start even while MongoDB is down: /ready says so, and data routes answer 503.
     let store = Store::connect_lazy(&mongo, "leafsync-api").await?;
     let bind = config.api.bind;
+    let config_ready_ms = config.api.ready_cache_ms;
     let state = Arc::new(State {
         totals: total_cache::TotalCache::new(ms(config.api.total_cache_ttl_ms)),
         config,
         store,
         metrics: metrics::Metrics::new(),
-        ready: tokio::sync::Mutex::new(None),
+        ready: CachedCheck::new(ms(config_ready_ms)),
     });
     warm_totals(&state);
     let (addr, server) = serve(state, bind, shutdown).await?;

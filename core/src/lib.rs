@@ -7,6 +7,7 @@
 //! - [`config`], [`telemetry`], [`trace_context`], [`shutdown`], [`process`]: process plumbing, one
 //!   place each ([`process`] is how every binary starts and ends).
 
+pub mod cached_check;
 pub mod config;
 pub mod document;
 pub mod event;

@@ -216,6 +216,11 @@ impl Store {
             .map_err(|e| StoreError::new("ping", &e))
     }
 
+    /// Whether the server answers a ping within `timeout` (for readiness probes).
+    pub async fn answers_within(&self, timeout: Duration) -> bool {
+        matches!(tokio::time::timeout(timeout, self.ping()).await, Ok(Ok(())))
+    }
+
     /// Creates the unique index on `id` in each collection (a no-op when it exists).
     pub async fn ensure_indexes(&self, collections: &[&str]) -> Result<(), StoreError> {
         for name in collections {

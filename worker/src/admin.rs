@@ -34,15 +34,10 @@ async fn live(shared: Arc<Shared>) -> Result<warp::reply::Response, Infallible> 
 
 async fn ready(shared: Arc<Shared>) -> Result<warp::reply::Response, Infallible> {
     let joined = shared.health.joined();
-    let store = shared.store.clone();
     let db = shared
         .health
-        .database_ok(Duration::from_secs(1), || async move {
-            matches!(
-                tokio::time::timeout(Duration::from_secs(1), store.ping()).await,
-                Ok(Ok(()))
-            )
-        })
+        .database
+        .get(|| shared.store.answers_within(Duration::from_secs(1)))
         .await;
     let status = if joined && db {
         StatusCode::OK

@@ -6,12 +6,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use leafsync_core::cached_check::CachedCheck;
+
 /// Shared liveness/readiness state.
-#[derive(Default)]
 pub struct Health {
     joined: AtomicBool,
     busy: Mutex<HashMap<(String, i32), Instant>>,
-    ping: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// The database's last answer, reused for a second so probes don't hammer it.
+    pub database: CachedCheck,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            joined: AtomicBool::default(),
+            busy: Mutex::default(),
+            database: CachedCheck::new(Duration::from_secs(1)),
+        }
+    }
 }
 
 impl Health {
@@ -46,23 +58,6 @@ impl Health {
         v.sort();
         v
     }
-
-    /// The database's answer, cached for `ttl` so probes don't hammer it.
-    pub async fn database_ok<F, Fut>(&self, ttl: Duration, ping: F) -> bool
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let mut cached = self.ping.lock().await;
-        if let Some((at, ok)) = *cached {
-            if at.elapsed() < ttl {
-                return ok;
-            }
-        }
-        let ok = ping().await;
-        *cached = Some((Instant::now(), ok));
-        ok
-    }
 }
 
 #[cfg(test)]
@@ -78,20 +73,5 @@ mod tests {
         assert_eq!(h.stuck(Duration::from_millis(10)), ["potato/3"]);
         h.set_busy("potato", 3, false);
         assert!(h.stuck(Duration::from_millis(10)).is_empty());
-    }
-
-    #[tokio::test]
-    async fn database_answer_is_cached() {
-        let h = Health::default();
-        assert!(
-            h.database_ok(Duration::from_secs(60), || async { true })
-                .await
-        );
-        // Cached: the failing ping is not even called.
-        assert!(
-            h.database_ok(Duration::from_secs(60), || async { false })
-                .await
-        );
-        assert!(!h.database_ok(Duration::ZERO, || async { false }).await);
     }
 }
