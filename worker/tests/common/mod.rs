@@ -14,6 +14,7 @@ use leafsync_core::{ImageType, Store};
 use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::generator::{GenConfig, Generated, Generator};
 use leafsync_loadtest::producer::EventProducer;
+use leafsync_loadtest::sample::OffsetProbe;
 use leafsync_loadtest::verify::{self, Report};
 use leafsync_testkit::{http_get, wait_for_status, Process};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -175,31 +176,8 @@ impl TestEnv {
 
     /// Sum over partitions of the group's committed offsets and of the high watermarks.
     pub fn committed_and_end(&self) -> (i64, i64) {
-        use rdkafka::{Offset, TopicPartitionList};
-        let c: BaseConsumer = self
-            .config
-            .kafka
-            .client_config_with(&[("group.id", &self.config.kafka.group_id)])
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for t in self.config.types.topics() {
-            for p in 0..PARTITIONS {
-                tpl.add_partition(&t, p);
-            }
-        }
-        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-        let (mut sum, mut end) = (0, 0);
-        for e in committed.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                sum += o;
-            }
-            end += c
-                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
-                .unwrap()
-                .1;
-        }
-        (sum, end)
+        let (end, committed) = OffsetProbe::new(&self.config).unwrap().read().unwrap();
+        (committed, end)
     }
 
     /// Produces raw key/value pairs to `t`'s topic.
