@@ -170,9 +170,46 @@ pub struct KafkaConfig {
 }
 
 /// librdkafka properties; values of keys that look secret are masked when printed.
+/// Numbers and booleans are accepted as well as strings: an env var like
+/// `LEAFSYNC__KAFKA__PROPERTIES__FETCH_MAX_BYTES=262144` arrives as a number.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct KafkaProperties(pub BTreeMap<String, String>);
+pub struct KafkaProperties(
+    #[serde(deserialize_with = "scalar_strings")] pub BTreeMap<String, String>,
+);
+
+fn scalar_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        String(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+        Other(serde::de::IgnoredAny),
+    }
+    BTreeMap::<String, Scalar>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::String(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+                // A TOML table here is usually an unquoted dotted key: `fetch.max.bytes = 1`.
+                Scalar::Other(_) => {
+                    return Err(serde::de::Error::custom(format!(
+                        "property `{k}` must be a string, number or boolean \
+                         (quote dotted names in TOML: \"{k}.…\" = …)"
+                    )))
+                }
+            };
+            Ok((k, v))
+        })
+        .collect()
+}
 
 impl KafkaProperties {
     fn is_secret(key: &str) -> bool {
@@ -678,6 +715,34 @@ mod tests {
             jail.set_env("LEAFSYNC__WORKER__DRAIN_TIMEOUT_MS", "60000");
             let msg = load_in_jail(jail, None).unwrap_err().to_string();
             assert!(msg.contains("`worker.drain_timeout_ms`"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_properties_take_strings_numbers_and_booleans() {
+        Jail::expect_with(|jail| {
+            jail.set_env("LEAFSYNC__KAFKA__PROPERTIES__FETCH_MAX_BYTES", "262144");
+            jail.set_env("LEAFSYNC__KAFKA__PROPERTIES__CHECK_CRCS", "true");
+            let c = load_in_jail(
+                jail,
+                Some("[kafka.properties]\n\"security.protocol\" = \"ssl\"\n\"socket.timeout.ms\" = 30000\n"),
+            )
+            .unwrap();
+            let rd = c.kafka.client_config();
+            assert_eq!(rd.get("fetch.max.bytes"), Some("262144"));
+            assert_eq!(rd.get("check.crcs"), Some("true"));
+            assert_eq!(rd.get("security.protocol"), Some("ssl"));
+            assert_eq!(rd.get("socket.timeout.ms"), Some("30000"));
+
+            let msg = load_in_jail(jail, Some("[kafka.properties]\nfetch.max.bytes = 1\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("key `kafka.properties`"), "{msg}");
+            assert!(
+                msg.contains("property `fetch` must be a string, number or boolean"),
+                "{msg}"
+            );
             Ok(())
         });
     }
