@@ -56,7 +56,8 @@ async fn start_api_with(mongo_uri: Option<&str>, extra: &[(&str, &str)]) -> Api 
     let seed = |j: &str| {
         ImageEvent::decode(j.as_bytes(), 4096)
             .unwrap()
-            .to_document(&Projection::all())
+            .to_raw_document(&Projection::all())
+            .unwrap()
     };
     store
         .write_batch(
@@ -249,7 +250,10 @@ async fn every_status_with_its_exact_body() {
     )
     .unwrap();
     api.store
-        .write_batch("potato", &[del.to_document(&Projection::all())])
+        .write_batch(
+            "potato",
+            &[del.to_raw_document(&Projection::all()).unwrap()],
+        )
         .await
         .unwrap();
     assert_eq!(

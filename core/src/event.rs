@@ -90,7 +90,7 @@ pub enum DecodeError {
         got: String,
     },
     /// A field name MongoDB reserves.
-    #[error("field name {0:?} is reserved (no \"_id\", no leading \"$\")")]
+    #[error("field name {0:?} is reserved (no \"_id\", no leading \"$\", no NUL character)")]
     ReservedField(String),
     /// The Kafka key is not the decimal id, so the event may sit in the wrong partition.
     #[error("message key {key} does not match event id {id}")]
@@ -291,6 +291,10 @@ impl ImageEvent {
         {
             return Err(DecodeError::ReservedField(shorten(k)));
         }
+        // BSON field names are C strings: a NUL anywhere in a name cannot be stored.
+        if let Some(k) = event.extra.iter().find_map(|(k, v)| nul_key(k, v)) {
+            return Err(DecodeError::ReservedField(shorten(k)));
+        }
         Ok(event)
     }
 
@@ -326,6 +330,18 @@ impl ImageEvent {
 /// Formats a timestamp the way the contract writes them: RFC 3339, UTC, milliseconds.
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The first field name, at any depth, that contains a NUL character.
+fn nul_key<'a>(key: &'a str, value: &'a Value) -> Option<&'a str> {
+    if key.contains('\0') {
+        return Some(key);
+    }
+    match value {
+        Value::Object(m) => m.iter().find_map(|(k, v)| nul_key(k, v)),
+        Value::Array(a) => a.iter().find_map(|v| nul_key("", v)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +479,11 @@ mod tests {
                 br#"{"id":1,"updated_at":"2025-01-01T00:00:00Z","$set":{}}"#,
                 "reserved_field",
                 "\"$set\"",
+            ),
+            (
+                br#"{"id":1,"updated_at":"2025-01-01T00:00:00Z","meta":[{"a\u0000b":1}]}"#,
+                "reserved_field",
+                r#""a\0b""#,
             ),
         ];
         for (input, kind, text) in cases {

@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, rawdoc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -288,11 +288,12 @@ impl Store {
     /// Writes documents (each with `id` and `updated_at`, all ids distinct) with the stale
     /// guard described in the module docs, and says what happened to each, in order.
     /// `Err` means nothing can be said about which were applied; retrying the same call is
-    /// safe because every statement is idempotent.
+    /// safe because every statement is idempotent. Documents are raw BSON because that is the
+    /// smallest form to hold while a batch is in flight and what goes on the wire anyway.
     pub async fn write_batch(
         &self,
         collection: &str,
-        docs: &[Document],
+        docs: &[RawDocumentBuf],
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         // One indexed read classifies every event exactly (inserted/updated/unchanged/stale);
         // the write's own guard still decides, so a concurrent writer cannot make us regress.
@@ -303,8 +304,8 @@ impl Store {
             let new = d.get_datetime("updated_at").ok();
             let outcome = match (d.get_i64("id").ok().and_then(|id| stored.get(&id)), new) {
                 (None, _) => WriteOutcome::Inserted,
-                (Some(old), Some(new)) if old > new => WriteOutcome::Stale,
-                (Some(old), Some(new)) if old == new => WriteOutcome::Unchanged,
+                (Some(old), Some(new)) if *old > new => WriteOutcome::Stale,
+                (Some(old), Some(new)) if *old == new => WriteOutcome::Unchanged,
                 (Some(_), _) => WriteOutcome::Updated,
             };
             if outcome != WriteOutcome::Stale {
@@ -347,7 +348,7 @@ impl Store {
     pub async fn write_batch_unclassified(
         &self,
         collection: &str,
-        docs: &[Document],
+        docs: &[RawDocumentBuf],
     ) -> Result<(), StoreError> {
         let mut outcomes = vec![WriteOutcome::Inserted; docs.len()];
         let mut duplicates = Vec::new();
@@ -361,7 +362,7 @@ impl Store {
     async fn stored_versions(
         &self,
         collection: &str,
-        docs: &[Document],
+        docs: &[RawDocumentBuf],
     ) -> Result<std::collections::HashMap<i64, mongodb::bson::DateTime>, StoreError> {
         let ids: Vec<i64> = docs.iter().filter_map(|d| d.get_i64("id").ok()).collect();
         let mut cursor = self
@@ -386,7 +387,7 @@ impl Store {
     async fn write_one(
         &self,
         collection: &str,
-        docs: &[Document],
+        docs: &[RawDocumentBuf],
         index: usize,
         outcomes: &mut [WriteOutcome],
         duplicates: &mut Vec<usize>,
@@ -411,29 +412,19 @@ impl Store {
     async fn update_command(
         &self,
         collection: &str,
-        docs: &[Document],
+        docs: &[RawDocumentBuf],
         indexes: &[usize],
         outcomes: &mut [WriteOutcome],
         duplicates: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
-        let updates: Vec<Document> = indexes
-            .iter()
-            .map(|&i| {
-                let d = &docs[i];
-                doc! {
-                    "q": {
-                        "id": d.get("id").cloned().unwrap_or(Bson::Null),
-                        "updated_at": {"$lte": d.get("updated_at").cloned().unwrap_or(Bson::Null)},
-                    },
-                    "u": d.clone(),
-                    "upsert": true,
-                    "multi": false,
-                }
-            })
-            .collect();
+        let mut updates = RawArrayBuf::new();
+        for &i in indexes {
+            updates.push(guarded_upsert(&docs[i]));
+        }
+        let command = rawdoc! {"update": collection, "updates": updates, "ordered": false};
         let reply = self
             .db
-            .run_command(doc! {"update": collection, "updates": updates, "ordered": false})
+            .run_raw_command(command)
             .await
             .map_err(|e| StoreError::new("update", &e))?;
         if let Ok(wce) = reply.get_document("writeConcernError") {
@@ -499,15 +490,36 @@ fn int_field(d: &Document, key: &str) -> u64 {
     }
 }
 
+/// One statement of the `update` command: replace `d` if the stored version is not newer,
+/// insert it if there is none (see the module docs).
+fn guarded_upsert(d: &RawDocument) -> RawDocumentBuf {
+    let mut filter = RawDocumentBuf::new();
+    match d.get("id") {
+        Ok(Some(id)) => filter.append_ref("id", id),
+        _ => filter.append("id", mongodb::bson::RawBson::Null),
+    }
+    let mut lte = RawDocumentBuf::new();
+    match d.get("updated_at") {
+        Ok(Some(at)) => lte.append_ref("$lte", at),
+        _ => lte.append("$lte", mongodb::bson::RawBson::Null),
+    }
+    filter.append("updated_at", lte);
+    let mut statement = RawDocumentBuf::new();
+    statement.append("q", filter);
+    statement.append_ref("u", d);
+    statement.append("upsert", true);
+    statement.append("multi", false);
+    statement
+}
+
 /// Splits `indexes` of `docs` into runs whose documents stay below the command size limit.
-fn chunks(docs: &[Document], indexes: &[usize]) -> Vec<Vec<usize>> {
+fn chunks(docs: &[RawDocumentBuf], indexes: &[usize]) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
     for &i in indexes {
-        let d = &docs[i];
-        // Each statement carries the document plus a small filter; 2× is a safe bound.
-        let size = mongodb::bson::to_vec(d).map_or(0, |v| v.len()) * 2 + 128;
+        // Each statement carries the document plus a small filter.
+        let size = docs[i].as_bytes().len() + 128;
         if !current.is_empty() && bytes + size > MAX_COMMAND_BYTES {
             out.push(std::mem::take(&mut current));
             bytes = 0;
@@ -528,14 +540,14 @@ mod tests {
     #[test]
     fn chunks_split_large_batches_and_keep_order() {
         let big = "x".repeat(3 * 1024 * 1024);
-        let docs: Vec<Document> = (0..5)
-            .map(|i| doc! {"id": i, "blob": big.clone()})
+        let docs: Vec<RawDocumentBuf> = (0..5)
+            .map(|i| rawdoc! {"id": i, "blob": big.clone()})
             .collect();
         let c = chunks(&docs, &[0, 1, 2, 3, 4]);
         assert!(c.len() >= 3, "{c:?}");
         assert_eq!(c.concat(), vec![0, 1, 2, 3, 4]);
         assert_eq!(chunks(&docs, &[1, 3]).concat(), vec![1, 3]);
-        let small: Vec<Document> = (0..500).map(|i| doc! {"id": i}).collect();
+        let small: Vec<RawDocumentBuf> = (0..500).map(|i| rawdoc! {"id": i}).collect();
         let all: Vec<usize> = (0..500).collect();
         assert_eq!(chunks(&small, &all).len(), 1);
         assert!(chunks(&[], &[]).is_empty());

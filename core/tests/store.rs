@@ -4,9 +4,9 @@ mod common;
 
 use leafsync_core::document::Projection;
 use leafsync_core::event::{ImageEvent, DEFAULT_MAX_EVENT_BYTES};
-use leafsync_core::store::{Store, WriteOutcome, DUPLICATE_KEY};
+use leafsync_core::store::{Store, StoreError, WriteOutcome, DUPLICATE_KEY};
 use leafsync_core::ImageId;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use WriteOutcome::*;
 
 fn event_doc(id: i64, ts: &str, label: &str) -> Document {
@@ -16,6 +16,15 @@ fn event_doc(id: i64, ts: &str, label: &str) -> Document {
     ImageEvent::decode(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES)
         .unwrap()
         .to_document(&Projection::all())
+}
+
+/// `Store::write_batch` with documents built as maps (easier to edit in a test).
+async fn write(s: &Store, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
+    let raw: Vec<RawDocumentBuf> = docs
+        .iter()
+        .map(|d| RawDocumentBuf::from_document(d).unwrap())
+        .collect();
+    s.write_batch("potato", &raw).await
 }
 
 async fn store() -> Store {
@@ -30,16 +39,15 @@ async fn store() -> Store {
 #[tokio::test]
 async fn upsert_read_back_and_count() {
     let s = store().await;
-    let r = s
-        .write_batch(
-            "potato",
-            &[
-                event_doc(1, "2025-01-01T00:00:01Z", "healthy"),
-                event_doc(2, "2025-01-01T00:00:01Z", "late_blight"),
-            ],
-        )
-        .await
-        .unwrap();
+    let r = write(
+        &s,
+        &[
+            event_doc(1, "2025-01-01T00:00:01Z", "healthy"),
+            event_doc(2, "2025-01-01T00:00:01Z", "late_blight"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(r, [Inserted, Inserted]);
 
     let d = s
@@ -62,7 +70,7 @@ async fn upsert_read_back_and_count() {
     // Soft delete is an update like any other; counts see it.
     let mut del = event_doc(2, "2025-01-01T00:00:02Z", "late_blight");
     del.insert("deleted", true);
-    let r = s.write_batch("potato", &[del]).await.unwrap();
+    let r = write(&s, &[del]).await.unwrap();
     assert_eq!(r, [Updated]);
     assert_eq!(s.count("potato", false).await.unwrap(), 1);
     assert_eq!(s.count("potato", true).await.unwrap(), 2);
@@ -84,31 +92,24 @@ async fn stale_guard_outcomes() {
     let s = store().await;
     let v2 = event_doc(10, "2025-01-01T00:00:02Z", "v2");
     assert_eq!(
-        s.write_batch("potato", std::slice::from_ref(&v2))
-            .await
-            .unwrap(),
+        write(&s, std::slice::from_ref(&v2)).await.unwrap(),
         [Inserted]
     );
 
     // Older: never overwrites, reported stale.
-    let r = s
-        .write_batch("potato", &[event_doc(10, "2025-01-01T00:00:01Z", "v1")])
+    let r = write(&s, &[event_doc(10, "2025-01-01T00:00:01Z", "v1")])
         .await
         .unwrap();
     assert_eq!(r, [Stale]);
 
     // Equal and identical: an idempotent replay.
-    let r = s.write_batch("potato", &[v2]).await.unwrap();
+    let r = write(&s, &[v2]).await.unwrap();
     assert_eq!(r, [Unchanged]);
 
     // Newer: replaces the whole document (fields absent from the event disappear).
     let mut v3 = event_doc(10, "2025-01-01T00:00:03Z", "v3");
     v3.remove("created_at");
-    let r = s
-        .write_batch(
-            "potato",
-            &[v3, event_doc(11, "2025-01-01T00:00:00Z", "new")],
-        )
+    let r = write(&s, &[v3, event_doc(11, "2025-01-01T00:00:00Z", "new")])
         .await
         .unwrap();
     assert_eq!(r, [Updated, Inserted]);
@@ -121,17 +122,16 @@ async fn stale_guard_outcomes() {
     assert!(d.get("created_at").is_none());
 
     // A mixed batch: each statement gets its own outcome, none blocks another.
-    let r = s
-        .write_batch(
-            "potato",
-            &[
-                event_doc(10, "2025-01-01T00:00:00Z", "old"),
-                event_doc(12, "2025-01-01T00:00:00Z", "new"),
-                event_doc(11, "2025-01-01T00:00:05Z", "newer"),
-            ],
-        )
-        .await
-        .unwrap();
+    let r = write(
+        &s,
+        &[
+            event_doc(10, "2025-01-01T00:00:00Z", "old"),
+            event_doc(12, "2025-01-01T00:00:00Z", "new"),
+            event_doc(11, "2025-01-01T00:00:05Z", "newer"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(r, [Stale, Inserted, Updated]);
     assert_eq!(
         s.get("potato", ImageId::new(10).unwrap())
@@ -149,17 +149,16 @@ async fn an_oversized_document_is_rejected_alone() {
     let s = store().await;
     let mut huge = event_doc(21, "2025-01-01T00:00:00Z", "huge");
     huge.insert("blob", "x".repeat(17 * 1024 * 1024));
-    let r = s
-        .write_batch(
-            "potato",
-            &[
-                event_doc(20, "2025-01-01T00:00:00Z", "ok"),
-                huge,
-                event_doc(22, "2025-01-01T00:00:00Z", "ok"),
-            ],
-        )
-        .await
-        .unwrap();
+    let r = write(
+        &s,
+        &[
+            event_doc(20, "2025-01-01T00:00:00Z", "ok"),
+            huge,
+            event_doc(22, "2025-01-01T00:00:00Z", "ok"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(r[0], Inserted);
     assert_eq!(r[2], Inserted);
     assert!(
@@ -180,10 +179,7 @@ async fn a_concurrent_newer_write_wins_over_the_guarded_upsert() {
     let s = store().await;
     let newer = [event_doc(30, "2025-01-01T00:00:09Z", "newer")];
     let older = [event_doc(30, "2025-01-01T00:00:01Z", "older")];
-    let (a, b) = tokio::join!(
-        s.write_batch("potato", &newer),
-        s.write_batch("potato", &older)
-    );
+    let (a, b) = tokio::join!(write(&s, &newer), write(&s, &older));
     let (a, b) = (a.unwrap(), b.unwrap());
     let d = s
         .get("potato", ImageId::new(30).unwrap())

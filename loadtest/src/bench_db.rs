@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use leafsync_core::document::Projection;
 use leafsync_core::{Config, ImageType, Store};
-use mongodb::bson::Document;
+use mongodb::bson::RawDocumentBuf;
 use serde::Serialize;
 
 use crate::generator::{GenConfig, Generator};
@@ -50,7 +50,7 @@ pub async fn bench_db(
     store.ensure_indexes(&collections).await?;
     // Documents are made before the clock starts: only the writes are timed.
     let concurrency = concurrency.max(1);
-    let mut lanes: Vec<Vec<(ImageType, Document)>> = vec![Vec::new(); concurrency];
+    let mut lanes: Vec<Vec<(ImageType, RawDocumentBuf)>> = vec![Vec::new(); concurrency];
     for (i, mut g) in Generator::new(gen).take(count as usize).enumerate() {
         if sequential {
             // Every document a potato with ids 1..=count: a dense key space to read back.
@@ -58,7 +58,7 @@ pub async fn bench_db(
             g.event.id = leafsync_core::ImageId::new(i as i64 + 1)?;
         }
         let lane = (g.event.id.get() as usize) % concurrency;
-        lanes[lane].push((g.image_type, g.event.to_document(&Projection::all())));
+        lanes[lane].push((g.image_type, g.event.to_raw_document(&Projection::all())?));
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -92,11 +92,11 @@ pub async fn bench_db(
 async fn write_lane(
     store: &Store,
     types: &leafsync_core::config::TypesConfig,
-    lane: Vec<(ImageType, Document)>,
+    lane: Vec<(ImageType, RawDocumentBuf)>,
     batch: usize,
     classified: bool,
 ) -> anyhow::Result<u64> {
-    let mut pending: HashMap<ImageType, Vec<Document>> = HashMap::new();
+    let mut pending: HashMap<ImageType, Vec<RawDocumentBuf>> = HashMap::new();
     let mut written = 0u64;
     for (t, d) in lane {
         let docs = pending.entry(t).or_default();
@@ -119,7 +119,7 @@ async fn write_lane(
 async fn flush(
     store: &Store,
     coll: &str,
-    docs: &[Document],
+    docs: &[RawDocumentBuf],
     classified: bool,
 ) -> anyhow::Result<u64> {
     if classified {

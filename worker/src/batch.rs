@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use leafsync_core::ImageEvent;
+use chrono::{DateTime, Utc};
+use leafsync_core::ImageId;
 
 /// What happened to an event that did not win its id within the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,16 +31,17 @@ pub struct Collapsed {
     pub losers: Vec<(usize, Loser)>,
 }
 
-/// Collapses `events` (in partition order) to the newest event per id.
-pub fn collapse(events: &[&ImageEvent]) -> Collapsed {
-    let mut best: HashMap<i64, usize> = HashMap::with_capacity(events.len());
+/// Collapses the `(id, updated_at)` versions of a batch's events (in partition order) to the
+/// newest event per id.
+pub fn collapse(versions: &[(ImageId, DateTime<Utc>)]) -> Collapsed {
+    let mut best: HashMap<ImageId, usize> = HashMap::with_capacity(versions.len());
     let mut losers = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        match best.get_mut(&e.id.get()) {
+    for (i, &(id, updated_at)) in versions.iter().enumerate() {
+        match best.get_mut(&id) {
             None => {
-                best.insert(e.id.get(), i);
+                best.insert(id, i);
             }
-            Some(w) if e.updated_at >= events[*w].updated_at => {
+            Some(w) if updated_at >= versions[*w].1 => {
                 losers.push((*w, Loser::Superseded));
                 *w = i;
             }
@@ -55,9 +57,12 @@ pub fn collapse(events: &[&ImageEvent]) -> Collapsed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
-    use leafsync_core::ImageId;
+    use leafsync_core::ImageEvent;
     use proptest::prelude::*;
+
+    fn versions(events: &[ImageEvent]) -> Vec<(ImageId, DateTime<Utc>)> {
+        events.iter().map(|e| (e.id, e.updated_at)).collect()
+    }
 
     fn ev(id: i64, secs: i64, label: &str) -> ImageEvent {
         ImageEvent {
@@ -85,8 +90,7 @@ mod tests {
             ev(1, 6, "d"),
             ev(1, 7, "e"),
         ];
-        let refs: Vec<&ImageEvent> = e.iter().collect();
-        let c = collapse(&refs);
+        let c = collapse(&versions(&e));
         assert_eq!(c.winners, vec![1, 4]);
         assert_eq!(
             c.losers,
@@ -125,8 +129,7 @@ mod tests {
             for e in &events {
                 apply_one_by_one(&mut reference, e);
             }
-            let refs: Vec<&ImageEvent> = events.iter().collect();
-            let c = collapse(&refs);
+            let c = collapse(&versions(&events));
             prop_assert_eq!(c.winners.len() + c.losers.len(), events.len());
             for &i in &c.winners {
                 apply_one_by_one(&mut collapsed_state, &events[i]);

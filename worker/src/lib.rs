@@ -39,6 +39,8 @@ pub struct Shared {
     pub worker_id: String,
     /// Permits for partitions holding a full batch (`worker.max_in_flight_batches`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Partition counts of the consumed topics (for spotting misrouted events).
+    pub partition_counts: partition::PartitionCounts,
 }
 
 /// This worker's id: the configured instance id, or host name and process id.
@@ -72,6 +74,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         health: health::Health::default(),
         worker_id,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config_in_flight)),
+        partition_counts: partition::PartitionCounts::default(),
     });
     let (addr, admin) = admin::start(admin_addr, shared.clone(), shutdown.clone())
         .await

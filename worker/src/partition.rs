@@ -2,14 +2,16 @@
 //! write the rest in one stale-guarded command, and only then store the offset. Events of one
 //! partition are handled strictly in order; partitions run in parallel.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use leafsync_core::config::ms;
 use leafsync_core::document::Projection;
 use leafsync_core::partitioner::partition_for_key;
-use leafsync_core::{trace_context, ImageEvent, ImageType, WriteOutcome};
-use mongodb::bson::Document;
+use leafsync_core::{trace_context, ImageEvent, ImageId, ImageType, WriteOutcome};
+use mongodb::bson::RawDocumentBuf;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
@@ -22,6 +24,37 @@ use crate::backoff::Backoff;
 use crate::batch::{collapse, Loser};
 use crate::consumer::{LeafConsumer, WorkerContext};
 use crate::Shared;
+
+/// Partition counts of the consumed topics, shared by the partition tasks: one metadata
+/// request per topic instead of one per partition (each is a blocking call, and a burst of them
+/// at assignment would start a thread apiece). Entries expire so an added partition is noticed.
+#[derive(Default)]
+pub struct PartitionCounts(tokio::sync::Mutex<HashMap<String, (Instant, Option<u32>)>>);
+
+impl PartitionCounts {
+    const TTL: Duration = Duration::from_secs(60);
+
+    async fn get(&self, consumer: &Arc<LeafConsumer>, topic: &str) -> Option<u32> {
+        // Held across the request on purpose: tasks of the same topic wait for one answer.
+        let mut cache = self.0.lock().await;
+        if let Some((at, n)) = cache.get(topic) {
+            if at.elapsed() < Self::TTL {
+                return *n;
+            }
+        }
+        let (c, t) = (consumer.clone(), topic.to_owned());
+        let n = tokio::task::spawn_blocking(move || {
+            let md = c.fetch_metadata(Some(&t), Duration::from_secs(5)).ok()?;
+            let n = md.topics().first()?.partitions().len() as u32;
+            (n > 0).then_some(n)
+        })
+        .await
+        .ok()
+        .flatten();
+        cache.insert(topic.to_owned(), (Instant::now(), n));
+        n
+    }
+}
 
 /// Everything one partition task needs.
 pub struct PartitionTask {
@@ -43,39 +76,62 @@ pub struct PartitionTask {
     pub stop: CancellationToken,
 }
 
-/// Per-batch outcome counts, for the summary line and metrics.
-#[derive(Debug, Default)]
-struct Counts {
-    inserted: u64,
-    updated: u64,
-    unchanged: u64,
-    stale: u64,
-    superseded: u64,
-    dead_lettered: u64,
+/// What happened to one event of a batch; each has a counter and a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Inserted,
+    Updated,
+    Unchanged,
+    Stale,
+    Superseded,
+    DeadLettered,
 }
 
-impl Counts {
-    fn add(&mut self, outcome: &str) {
-        match outcome {
-            "inserted" => self.inserted += 1,
-            "updated" => self.updated += 1,
-            "unchanged" => self.unchanged += 1,
-            "stale" => self.stale += 1,
-            "superseded" => self.superseded += 1,
-            _ => self.dead_lettered += 1,
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Inserted,
+        Outcome::Updated,
+        Outcome::Unchanged,
+        Outcome::Stale,
+        Outcome::Superseded,
+        Outcome::DeadLettered,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Inserted => "inserted",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Stale => "stale",
+            Outcome::Superseded => "superseded",
+            Outcome::DeadLettered => "dead_lettered",
         }
     }
+}
 
-    fn pairs(&self) -> [(&'static str, u64); 6] {
-        [
-            ("inserted", self.inserted),
-            ("updated", self.updated),
-            ("unchanged", self.unchanged),
-            ("stale", self.stale),
-            ("superseded", self.superseded),
-            ("dead_lettered", self.dead_lettered),
-        ]
+/// Per-batch outcome counts, for the summary line and metrics.
+#[derive(Debug, Default)]
+struct Counts([u64; Outcome::ALL.len()]);
+
+impl Counts {
+    fn add(&mut self, outcome: Outcome) {
+        self.0[outcome as usize] += 1;
     }
+
+    fn get(&self, outcome: Outcome) -> u64 {
+        self.0[outcome as usize]
+    }
+}
+
+/// A decoded event of the batch, held as raw BSON until written: the smallest form, and the
+/// one that goes on the wire.
+struct Decoded {
+    /// Index of its message in the batch.
+    msg: usize,
+    id: ImageId,
+    updated_at: DateTime<Utc>,
+    /// Moved out (leaving an empty buffer) when the event wins its id.
+    doc: RawDocumentBuf,
 }
 
 impl PartitionTask {
@@ -104,18 +160,11 @@ impl PartitionTask {
 
     /// The topic's partition count, for spotting misrouted events (`None` if unknown).
     async fn partition_count(&self) -> Option<u32> {
-        let consumer = self.consumer.clone();
-        let topic = self.topic.clone();
-        let n = tokio::task::spawn_blocking(move || {
-            let md = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .ok()?;
-            let n = md.topics().first()?.partitions().len() as u32;
-            (n > 0).then_some(n)
-        })
-        .await
-        .ok()
-        .flatten();
+        let n = self
+            .shared
+            .partition_counts
+            .get(&self.consumer, &self.topic)
+            .await;
         if n.is_none() {
             tracing::warn!(topic = %self.topic, "partition count unknown; misrouted events won't be counted");
         }
@@ -204,7 +253,7 @@ impl PartitionTask {
             leafsync.dead_lettered = tracing::field::Empty,
         );
 
-        let mut good: Vec<(usize, ImageEvent)> = Vec::with_capacity(batch.len());
+        let mut good: Vec<Decoded> = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
             let bytes = msg.payload().map_or(0, <[u8]>::len) as u64;
             m.event_bytes.with_label_values(&[topic]).inc_by(bytes);
@@ -218,29 +267,44 @@ impl PartitionTask {
             if let Some(sc) = trace_context::extract(msg.headers().map(|h| h.as_borrowed())) {
                 span.add_link(sc);
             }
-            match ImageEvent::decode_message(
+            let decoded = ImageEvent::decode_message(
                 msg.key(),
                 msg.payload(),
                 shared.config.worker.max_event_bytes,
-            ) {
-                Ok(e) => good.push((i, e)),
-                Err(err) => {
-                    shared
-                        .dead_letter
-                        .send(msg, err.kind(), &err.to_string(), m)
-                        .await;
-                    counts.add("dead_lettered");
+            )
+            .map_err(|e| (e.kind(), e.to_string()))
+            .and_then(|e| match e.to_raw_document(projection) {
+                Ok(doc) => Ok(Decoded {
+                    msg: i,
+                    id: e.id,
+                    updated_at: e.updated_at,
+                    doc,
+                }),
+                // The decoder refuses what BSON cannot hold; this is the backstop.
+                Err(err) => Err(("unstorable", format!("cannot encode as BSON: {err}"))),
+            });
+            match decoded {
+                Ok(d) => good.push(d),
+                Err((kind, reason)) => {
+                    shared.dead_letter.send(msg, kind, &reason, m).await;
+                    counts.add(Outcome::DeadLettered);
                 }
             }
         }
 
-        let refs: Vec<&ImageEvent> = good.iter().map(|(_, e)| e).collect();
-        let collapsed = collapse(&refs);
-        let docs: Vec<Document> = collapsed
+        let versions: Vec<(ImageId, DateTime<Utc>)> =
+            good.iter().map(|d| (d.id, d.updated_at)).collect();
+        let collapsed = collapse(&versions);
+        // Winners are distinct indexes, so each document is moved out exactly once; the losers'
+        // documents are dropped now rather than held through the write.
+        let docs: Vec<RawDocumentBuf> = collapsed
             .winners
             .iter()
-            .map(|&w| refs[w].to_document(projection))
+            .map(|&w| std::mem::take(&mut good[w].doc))
             .collect();
+        for &(l, _) in &collapsed.losers {
+            drop(std::mem::take(&mut good[l].doc));
+        }
         let outcomes = if docs.is_empty() {
             Vec::new()
         } else {
@@ -248,60 +312,52 @@ impl PartitionTask {
         };
         let acked_ms = chrono::Utc::now().timestamp_millis();
 
-        for (&w, outcome) in collapsed.winners.iter().zip(&outcomes) {
-            let (i, event) = &good[w];
-            let msg = &batch[*i];
-            let label = match outcome {
+        for (&w, written) in collapsed.winners.iter().zip(&outcomes) {
+            let d = &good[w];
+            let msg = &batch[d.msg];
+            let outcome = match written {
                 WriteOutcome::Rejected { code, message } => {
                     let reason = format!("MongoDB refused the document (code {code}): {message}");
                     shared
                         .dead_letter
                         .send(msg, "rejected_by_database", &reason, m)
                         .await;
-                    "dead_lettered"
+                    Outcome::DeadLettered
                 }
-                o => {
-                    if let Some(ts) = msg.timestamp().to_millis() {
-                        let secs = (acked_ms - ts).max(0) as f64 / 1000.0;
-                        m.e2e_latency_seconds
-                            .with_label_values(&[topic])
-                            .observe(secs);
-                    }
-                    o.as_str()
-                }
+                WriteOutcome::Inserted => Outcome::Inserted,
+                WriteOutcome::Updated => Outcome::Updated,
+                WriteOutcome::Unchanged => Outcome::Unchanged,
+                WriteOutcome::Stale => Outcome::Stale,
             };
-            counts.add(label);
-            tracing::debug!(
-                topic,
-                partition = self.partition,
-                offset = msg.offset(),
-                image_id = event.id.get(),
-                outcome = label,
-                "event"
-            );
+            if outcome != Outcome::DeadLettered {
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    let secs = (acked_ms - ts).max(0) as f64 / 1000.0;
+                    m.e2e_latency_seconds
+                        .with_label_values(&[topic])
+                        .observe(secs);
+                }
+            }
+            counts.add(outcome);
+            self.log_event(msg.offset(), d.id, outcome);
         }
         for &(l, loser) in &collapsed.losers {
-            let label = match loser {
-                Loser::Superseded => "superseded",
-                Loser::Stale => "stale",
+            let outcome = match loser {
+                Loser::Superseded => Outcome::Superseded,
+                Loser::Stale => Outcome::Stale,
             };
-            counts.add(label);
-            let (i, event) = &good[l];
-            tracing::debug!(
-                topic,
-                partition = self.partition,
-                offset = batch[*i].offset(),
-                image_id = event.id.get(),
-                outcome = label,
-                "event"
-            );
+            counts.add(outcome);
+            let d = &good[l];
+            self.log_event(batch[d.msg].offset(), d.id, outcome);
         }
 
-        for (outcome, n) in counts.pairs() {
+        for outcome in Outcome::ALL {
+            let n = counts.get(outcome);
             if n > 0 {
-                m.events.with_label_values(&[topic, outcome]).inc_by(n);
+                m.events
+                    .with_label_values(&[topic, outcome.label()])
+                    .inc_by(n);
             }
-            span.record(format!("leafsync.{outcome}").as_str(), n);
+            span.record(format!("leafsync.{}", outcome.label()).as_str(), n);
         }
         m.batch_size
             .with_label_values(&[topic])
@@ -326,20 +382,31 @@ impl PartitionTask {
             first_offset = batch.first().map_or(0, Message::offset),
             last_offset = batch.last().map_or(0, Message::offset),
             batch_len = batch.len(),
-            inserted = counts.inserted,
-            updated = counts.updated,
-            unchanged = counts.unchanged,
-            stale = counts.stale,
-            superseded = counts.superseded,
-            dead_lettered = counts.dead_lettered,
+            inserted = counts.get(Outcome::Inserted),
+            updated = counts.get(Outcome::Updated),
+            unchanged = counts.get(Outcome::Unchanged),
+            stale = counts.get(Outcome::Stale),
+            superseded = counts.get(Outcome::Superseded),
+            dead_lettered = counts.get(Outcome::DeadLettered),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch done"
         );
     }
 
+    fn log_event(&self, offset: i64, id: ImageId, outcome: Outcome) {
+        tracing::debug!(
+            topic = %self.topic,
+            partition = self.partition,
+            offset,
+            image_id = id.get(),
+            outcome = outcome.label(),
+            "event"
+        );
+    }
+
     /// Writes with retries until the database acknowledges: a database outage holds this
     /// partition (nothing committed past it) but never loses or skips an event.
-    async fn write(&self, collection: &str, docs: &[Document]) -> Vec<WriteOutcome> {
+    async fn write(&self, collection: &str, docs: &[RawDocumentBuf]) -> Vec<WriteOutcome> {
         let retry = &self.shared.config.worker.retry;
         let mut backoff = Backoff::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms));
         loop {
@@ -373,5 +440,25 @@ impl PartitionTask {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_counter_and_label() {
+        let mut counts = Counts::default();
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                counts.add(o);
+            }
+        }
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(counts.get(o), n as u64 + 1, "{o:?}");
+        }
+        let labels: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), Outcome::ALL.len());
     }
 }
