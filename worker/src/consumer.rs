@@ -266,9 +266,14 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
         // librdkafka's defaults pre-fetch up to 100k messages per partition and 50 MB per fetch:
         // on a backlog that is most of the worker's memory. A few batches ahead is enough.
         ("queued.min.messages", &queued_min),
-        // Fetch buffers stay allocated while any message in them is unconsumed: keep them small.
-        ("fetch.max.bytes", "1048576"),
-        ("fetch.message.max.bytes", "262144"),
+        // One fetch response is the unit of prefetch: it lands whole in a partition's queue
+        // (as buffers plus a ~300-byte op per message) whatever the limits above say, so it
+        // bounds the worker's memory (×18 partitions: 1 MiB responses cost ~30 MiB, 128 KiB
+        // ones ~5; docs/benchmarks.md). A record batch larger than this still comes through
+        // whole (KIP-74); librdkafka requires message.max.bytes ≤ fetch.max.bytes.
+        ("fetch.max.bytes", "131072"),
+        ("message.max.bytes", "131072"),
+        ("fetch.message.max.bytes", "65536"),
         ("enable.partition.eof", "false"),
     ]);
     if let Some(id) = &cfg.worker.instance_id {

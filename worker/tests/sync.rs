@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use common::TestEnv;
+use leafsync_core::{ImageEvent, ImageType};
 use leafsync_loadtest::expected::Expected;
+use leafsync_loadtest::generator::Generated;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_worker_syncs_many_updates_over_three_topics() {
@@ -25,4 +27,38 @@ async fn one_worker_syncs_many_updates_over_three_topics() {
     assert_eq!(report.matched, expected.images.len() as u64);
     let processed = worker.events_total("").await;
     assert_eq!(processed, 20_000, "every event is counted exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_larger_than_a_fetch_response_still_arrive_in_order() {
+    // The consumer fetches 128 KiB at a time to bound its memory; a valid event several times
+    // that size must still come through (a broker returns an oversized first batch whole), and
+    // the events around it in its partition must keep their order.
+    let env = TestEnv::new().await;
+    let max = env.config.worker.max_event_bytes;
+    let big_note = "x".repeat(400 * 1024);
+    assert!(big_note.len() < max && big_note.len() > 128 * 1024);
+    let event = |ts: &str, extra: &str| {
+        let json = format!(r#"{{"id":77,"updated_at":"{ts}","label":"v","note":"{extra}"}}"#);
+        Generated {
+            image_type: ImageType::Tomato,
+            event: ImageEvent::decode(json.as_bytes(), max).unwrap(),
+        }
+    };
+    let mut expected = Expected::default();
+    let mut events = vec![event("2025-01-01T00:00:01Z", "small")];
+    events.push(event("2025-01-01T00:00:02Z", &big_note));
+    events.extend(env.generator(3, 50).take(2_000));
+    events.push(event("2025-01-01T00:00:03Z", &big_note[..300 * 1024]));
+    env.produce(events, &mut expected).await;
+
+    let worker = env.spawn_worker("w1", &[]);
+    let report = env.wait_synced(&expected, Duration::from_secs(120)).await;
+    assert!(
+        report.is_exact(),
+        "{}\n{}",
+        report.summary(),
+        worker.log_tail()
+    );
+    assert_eq!(worker.events_total("").await, 2_003);
 }
