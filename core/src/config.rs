@@ -366,6 +366,8 @@ pub struct WorkerConfig {
     pub stuck_after_ms: u64,
     /// librdkafka pre-fetch bound per partition, KiB.
     pub queued_max_kbytes: u64,
+    /// Size of one fetch response, KiB: the unit of pre-fetch, so the main driver of memory.
+    pub fetch_max_kbytes: u64,
     /// Partitions that may hold a full batch and write at the same time.
     pub max_in_flight_batches: usize,
     /// Micro-batching.
@@ -562,6 +564,12 @@ impl Config {
         }
         positive("worker.stuck_after_ms", w.stuck_after_ms)?;
         positive("worker.queued_max_kbytes", w.queued_max_kbytes)?;
+        if !(1..=65_536).contains(&w.fetch_max_kbytes) {
+            return Err(invalid(
+                "worker.fetch_max_kbytes",
+                "must be from 1 to 65536",
+            ));
+        }
         positive(
             "worker.max_in_flight_batches",
             w.max_in_flight_batches as u64,
@@ -709,6 +717,15 @@ mod tests {
             jail.set_env("LEAFSYNC__TYPES__PEPPER__TOPIC", "potato");
             let msg = load_in_jail(jail, None).unwrap_err().to_string();
             assert!(msg.contains("`types.pepper.topic`"), "{msg}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("LEAFSYNC__WORKER__FETCH_MAX_KBYTES", "0");
+            let msg = load_in_jail(jail, None).unwrap_err().to_string();
+            assert_eq!(
+                msg,
+                "invalid configuration: key `worker.fetch_max_kbytes`: must be from 1 to 65536"
+            );
             Ok(())
         });
         Jail::expect_with(|jail| {

@@ -251,6 +251,8 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
     let commit = cfg.worker.commit_interval_ms.to_string();
     let queued = cfg.worker.queued_max_kbytes.to_string();
     let queued_min = cfg.worker.batch.max_events.to_string();
+    let fetch = (cfg.worker.fetch_max_kbytes * 1024).to_string();
+    let fetch_per_partition = (cfg.worker.fetch_max_kbytes * 512).to_string();
     let mut c = cfg.kafka.client_config_with(&[
         ("group.id", &cfg.kafka.group_id),
         ("client.id", worker_id),
@@ -267,13 +269,12 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
         // on a backlog that is most of the worker's memory. A few batches ahead is enough.
         ("queued.min.messages", &queued_min),
         // One fetch response is the unit of prefetch: it lands whole in a partition's queue
-        // (as buffers plus a ~300-byte op per message) whatever the limits above say, so it
-        // bounds the worker's memory (×18 partitions: 1 MiB responses cost ~30 MiB, 128 KiB
-        // ones ~5; docs/benchmarks.md). A record batch larger than this still comes through
-        // whole (KIP-74); librdkafka requires message.max.bytes ≤ fetch.max.bytes.
-        ("fetch.max.bytes", "131072"),
-        ("message.max.bytes", "131072"),
-        ("fetch.message.max.bytes", "65536"),
+        // (buffers plus a librdkafka op per message) whatever the limits above say, so it bounds
+        // the worker's memory (docs/benchmarks.md). A record batch larger than this still comes
+        // through whole (KIP-74); librdkafka requires message.max.bytes ≤ fetch.max.bytes.
+        ("fetch.max.bytes", &fetch),
+        ("message.max.bytes", &fetch),
+        ("fetch.message.max.bytes", &fetch_per_partition),
         ("enable.partition.eof", "false"),
     ]);
     if let Some(id) = &cfg.worker.instance_id {
@@ -319,4 +320,24 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     tokio::task::spawn_blocking(move || drop(consumer)).await?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_size_comes_from_config_and_properties_still_override() {
+        let cfg = Config::load_with_overrides(
+            "[worker]\nfetch_max_kbytes = 256\n[kafka.properties]\n\"fetch.wait.max.ms\" = 50\n",
+        )
+        .unwrap();
+        let c = consumer_config(&cfg, "w-1");
+        assert_eq!(c.get("fetch.max.bytes"), Some("262144"));
+        assert_eq!(c.get("message.max.bytes"), Some("262144"));
+        assert_eq!(c.get("fetch.message.max.bytes"), Some("131072"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("client.id"), Some("w-1"));
+    }
 }
