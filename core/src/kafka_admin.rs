@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -65,7 +65,16 @@ pub fn partition_count(
         .client_config()
         .create()
         .map_err(|e| err("metadata client", e))?;
-    let md = consumer
+    partition_count_via(&consumer, topic, timeout)
+}
+
+/// [`partition_count`] through a client that already exists (blocking, up to `timeout`).
+pub fn partition_count_via<X: ConsumerContext, C: Consumer<X>>(
+    client: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32, AdminError> {
+    let md = client
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| err("metadata", e))?;
     Ok(md

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use leafsync_core::config::ms;
 use leafsync_core::document::Projection;
+use leafsync_core::kafka_admin::partition_count_via;
 use leafsync_core::partitioner::partition_for_key;
 use leafsync_core::{trace_context, ImageEvent, ImageId, ImageType, WriteOutcome};
 use mongodb::bson::RawDocumentBuf;
@@ -44,13 +45,12 @@ impl PartitionCounts {
         }
         let (c, t) = (consumer.clone(), topic.to_owned());
         let n = tokio::task::spawn_blocking(move || {
-            let md = c.fetch_metadata(Some(&t), Duration::from_secs(5)).ok()?;
-            let n = md.topics().first()?.partitions().len() as u32;
-            (n > 0).then_some(n)
+            partition_count_via(c.as_ref(), &t, Duration::from_secs(5)).ok()
         })
         .await
         .ok()
-        .flatten();
+        .flatten()
+        .filter(|&n| n > 0);
         cache.insert(topic.to_owned(), (Instant::now(), n));
         n
     }
