@@ -20,7 +20,9 @@
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, rawdoc, Bson, Document, RawArrayBuf, RawDocument, RawDocumentBuf};
+use mongodb::bson::{
+    doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
+};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -131,19 +133,6 @@ pub enum WriteOutcome {
         /// Server message.
         message: String,
     },
-}
-
-impl WriteOutcome {
-    /// Label for logs and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            WriteOutcome::Inserted => "inserted",
-            WriteOutcome::Updated => "updated",
-            WriteOutcome::Unchanged => "unchanged",
-            WriteOutcome::Stale => "stale",
-            WriteOutcome::Rejected { .. } => "rejected",
-        }
-    }
 }
 
 /// Handle to the consumer database.
@@ -493,16 +482,11 @@ fn int_field(d: &Document, key: &str) -> u64 {
 /// One statement of the `update` command: replace `d` if the stored version is not newer,
 /// insert it if there is none (see the module docs).
 fn guarded_upsert(d: &RawDocument) -> RawDocumentBuf {
-    let mut filter = RawDocumentBuf::new();
-    match d.get("id") {
-        Ok(Some(id)) => filter.append_ref("id", id),
-        _ => filter.append("id", mongodb::bson::RawBson::Null),
-    }
+    let field = |key| d.get(key).ok().flatten().unwrap_or(RawBsonRef::Null);
     let mut lte = RawDocumentBuf::new();
-    match d.get("updated_at") {
-        Ok(Some(at)) => lte.append_ref("$lte", at),
-        _ => lte.append("$lte", mongodb::bson::RawBson::Null),
-    }
+    lte.append_ref("$lte", field("updated_at"));
+    let mut filter = RawDocumentBuf::new();
+    filter.append_ref("id", field("id"));
     filter.append("updated_at", lte);
     let mut statement = RawDocumentBuf::new();
     statement.append("q", filter);
