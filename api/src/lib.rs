@@ -30,6 +30,14 @@ pub struct State {
     ready: CachedCheck,
 }
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl State {
     /// Whether MongoDB answers a ping (checked with a short timeout, cached briefly).
     pub async fn ready(&self) -> bool {

@@ -1,4 +1,5 @@
 //! The API's Prometheus metrics.
+#![allow(clippy::expect_used)] // fixed metric names and labels: a failure is a programming error
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -13,9 +14,14 @@ pub struct Metrics {
     pub in_flight: IntGauge,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
     /// Creates and registers every metric.
-    #[allow(clippy::expect_used)] // fixed names and labels: a failure is a programming error
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(

@@ -19,11 +19,12 @@ pub const STALE_GRACE: Duration = Duration::from_secs(10);
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use leafsync_core::store::ErrorClass;
 use leafsync_core::{ImageType, StoreError};
 use tokio::sync::watch;
+// Tokio's clock, so the tests can run on paused time instead of racing real sleeps.
+use tokio::time::Instant;
 
 type Outcome = Option<Result<u64, StoreError>>;
 
@@ -37,6 +38,15 @@ pub struct TotalCache {
     ttl: Duration,
     grace: Duration,
     slots: HashMap<(ImageType, bool), Arc<Mutex<Slot>>>,
+}
+
+impl std::fmt::Debug for TotalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotalCache")
+            .field("ttl", &self.ttl)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TotalCache {
@@ -118,11 +128,10 @@ impl TotalCache {
                 // The refresh task ended without a result (it panicked); the next request
                 // starts a new one.
                 slot.lock().unwrap_or_else(|p| p.into_inner()).refreshing = None;
-                return Err(StoreError {
-                    class: ErrorClass::Transient,
-                    op: "count",
-                    message: "the count refresh ended without a result".to_owned(),
-                });
+                return Err(StoreError::abandoned(
+                    "count",
+                    "the count refresh ended without a result",
+                ));
             }
         }
     }
@@ -133,7 +142,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_share_one_fetch_then_stale_values_are_served_while_refreshing() {
         let cache = Arc::new(TotalCache::new(Duration::from_millis(100)));
         let calls = Arc::new(AtomicU32::new(0));
@@ -181,8 +190,8 @@ mod tests {
             7
         );
         assert!(
-            t.elapsed() < Duration::from_millis(40),
-            "stale answers do not wait"
+            t.elapsed() < Duration::from_millis(50),
+            "stale answers do not wait for the 50 ms count"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
@@ -195,7 +204,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn past_the_grace_period_or_with_ttl_zero_requests_wait_for_a_real_count() {
         let cache = TotalCache::with_grace(Duration::from_millis(20), Duration::from_millis(20));
         assert_eq!(
@@ -234,14 +243,10 @@ mod tests {
     }
 
     fn down() -> StoreError {
-        StoreError {
-            class: ErrorClass::Transient,
-            op: "count",
-            message: "down".into(),
-        }
+        StoreError::abandoned("count", "down")
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_timed_out_request_does_not_cancel_the_refresh_and_errors_are_not_cached() {
         let cache = Arc::new(TotalCache::new(Duration::from_secs(60)));
         let slow = || async {

@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use leafsync_core::document::Projection;
 use leafsync_core::{Config, ImageEvent, Store};
-use leafsync_testkit::{env_to_toml, free_port, unique, wait_for_status, PrivateStack, Process};
+use leafsync_testkit::{
+    env_to_toml, free_port, unique, wait_for_status, Cleanup, PrivateStack, Process,
+};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -15,6 +18,8 @@ struct Api {
     process: Process,
     addr: SocketAddr,
     store: Store,
+    /// Drops the API's database when the test ends.
+    _cleanup: Cleanup,
 }
 
 /// Starts `leafsync-api` on a fresh database (of `mongo_uri`, or the stack's) and seeds it.
@@ -87,10 +92,18 @@ async fn start_api_with(mongo_uri: Option<&str>, extra: &[(&str, &str)]) -> Api 
         process.log_tail()
     })
     .await;
+    let _cleanup = Cleanup::new(format!("database {db}"), move || async move {
+        // The test's client belongs to the test's runtime, which may be gone by now.
+        let fresh = Store::connect_lazy(&config.mongo, "api-test-cleanup")
+            .await
+            .map_err(|e| e.to_string())?;
+        fresh.database().drop().await.map_err(|e| e.to_string())
+    });
     Api {
         process,
         addr,
         store,
+        _cleanup,
     }
 }
 
@@ -128,9 +141,36 @@ async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_status_with_its_exact_body() {
+/// The API process most tests share (they only read, and assert on what they read): started by
+/// the first test that needs it, stopped (and its database dropped) when the last one that holds
+/// it ends.
+struct SharedApi {
+    _process: Process,
+    addr: SocketAddr,
+    _cleanup: Cleanup,
+}
+
+async fn shared_api() -> Arc<SharedApi> {
+    static SHARED: Mutex<Weak<SharedApi>> = Mutex::new(Weak::new());
+    // Held across the start so that concurrent tests wait for one server, not start several.
+    static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _starting = STARTING.lock().await;
+    if let Some(api) = SHARED.lock().unwrap().upgrade() {
+        return api;
+    }
     let api = start_api(None).await;
+    let shared = Arc::new(SharedApi {
+        _process: api.process,
+        addr: api.addr,
+        _cleanup: api._cleanup,
+    });
+    *SHARED.lock().unwrap() = Arc::downgrade(&shared);
+    shared
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_id_answers_the_stored_document_or_a_json_error() {
+    let api = shared_api().await;
     let a = api.addr;
     assert_eq!(
         get_json(a, "/image-plant/potato/1").await,
@@ -155,33 +195,6 @@ async fn every_status_with_its_exact_body() {
         )
     );
     assert_eq!(
-        get_json(a, "/image-plant/potato/total").await,
-        (200, json!(1))
-    );
-    assert_eq!(
-        get_json(a, "/image-plant/potato/total?include_deleted=true").await,
-        (200, json!(2))
-    );
-    assert_eq!(
-        get_json(a, "/image-plant/potato/total?include_deleted=false").await,
-        (200, json!(1))
-    );
-    assert_eq!(
-        get_json(a, "/image-plant/tomato/total").await,
-        (200, json!(1))
-    );
-    assert_eq!(
-        get_json(a, "/image-plant/pepper/total").await,
-        (200, json!(0))
-    );
-    assert_eq!(
-        get_json(a, "/image-plant/potato/total?include_deleted=maybe").await,
-        (
-            400,
-            json!({"error": "bad_request", "message": "include_deleted must be true or false, got \"maybe\""})
-        )
-    );
-    assert_eq!(
         get_json(a, "/image-plant/carrot/1").await,
         (
             400,
@@ -197,6 +210,36 @@ async fn every_status_with_its_exact_body() {
             .unwrap()
             .starts_with("image id must be an integer from 1 to 9223372036854775807"));
     }
+    let (s, body, _) = call(a, "HEAD", "/image-plant/potato/1").await;
+    assert_eq!((s, body.as_str()), (200, ""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totals_count_live_images_and_deleted_ones_on_request() {
+    let api = shared_api().await;
+    let a = api.addr;
+    for (path, n) in [
+        ("/image-plant/potato/total", 1),
+        ("/image-plant/potato/total?include_deleted=true", 2),
+        ("/image-plant/potato/total?include_deleted=false", 1),
+        ("/image-plant/tomato/total", 1),
+        ("/image-plant/pepper/total", 0),
+    ] {
+        assert_eq!(get_json(a, path).await, (200, json!(n)), "{path}");
+    }
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total?include_deleted=maybe").await,
+        (
+            400,
+            json!({"error": "bad_request", "message": "include_deleted must be true or false, got \"maybe\""})
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let api = shared_api().await;
+    let a = api.addr;
     assert_eq!(
         get_json(a, "/nope").await,
         (
@@ -213,14 +256,17 @@ async fn every_status_with_its_exact_body() {
         )
     );
     assert_eq!(h["allow"], "GET, HEAD");
-    let (s, body, _) = call(a, "HEAD", "/image-plant/potato/1").await;
-    assert_eq!((s, body.as_str()), (200, ""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_and_the_openapi_document() {
+    let api = shared_api().await;
+    let a = api.addr;
     assert_eq!(get_json(a, "/live").await, (200, json!({"status": "ok"})));
     assert_eq!(
         get_json(a, "/ready").await,
         (200, json!({"status": "ready", "database": true}))
     );
-
     let (s, spec) = get_json(a, "/openapi.json").await;
     assert_eq!(s, 200);
     assert_eq!(spec["openapi"], "3.0.3");
@@ -234,16 +280,49 @@ async fn every_status_with_its_exact_body() {
     ] {
         assert!(spec["paths"][p].is_object(), "{p} documented");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_by_route_template_and_status() {
+    // Its own server: exact counts need requests no other test makes.
+    let api = start_api(None).await;
+    let a = api.addr;
+    for path in [
+        "/image-plant/potato/1",
+        "/image-plant/potato/2",
+        "/image-plant/potato/3",
+    ] {
+        get_json(a, path).await;
+    }
+    call(a, "HEAD", "/image-plant/potato/1").await;
+    for bad in ["abc", "0", "-4"] {
+        get_json(a, &format!("/image-plant/potato/{bad}")).await;
+    }
+    get_json(a, "/nope").await;
     let (s, metrics, _) = call(a, "GET", "/metrics").await;
     assert_eq!(s, 200);
-    assert!(metrics.contains(r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="200"} 3"#), "{metrics}"); // 2 GET + 1 HEAD
-    assert!(metrics.contains(r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="404"} 1"#));
-    assert!(metrics.contains(r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="400"} 5"#), "{metrics}");
-    assert!(metrics.contains(r#"leafsync_api_requests_total{route="unmatched",status="404"} 1"#));
+    for line in [
+        // 2 GET + 1 HEAD
+        r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="200"} 3"#,
+        r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="404"} 1"#,
+        r#"leafsync_api_requests_total{route="/image-plant/{image_type}/{image_id}",status="400"} 3"#,
+        r#"leafsync_api_requests_total{route="unmatched",status="404"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
     assert!(metrics.contains("leafsync_api_request_duration_seconds_bucket"));
     assert!(metrics.contains("leafsync_api_requests_in_flight"));
+}
 
-    // Soft delete seen through the API after a write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soft_delete_is_seen_through_the_api() {
+    // Its own server: it changes the data the shared one serves.
+    let api = start_api(None).await;
+    let a = api.addr;
+    assert_eq!(
+        get_json(a, "/image-plant/potato/total").await,
+        (200, json!(1))
+    );
     let del = ImageEvent::decode(
         br#"{"id":1,"deleted":true,"updated_at":"2025-12-12T00:00:00Z"}"#,
         4096,

@@ -25,9 +25,18 @@ pub const ENV_PREFIX: &str = "LEAFSYNC__";
 /// Why the configuration cannot be used. Start-up stops with this message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file named on the command line or in `$LEAFSYNC_CONFIG` does not exist.
+    #[error("invalid configuration: config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
     /// A source could not be read or a key has the wrong type or is unknown.
-    #[error("invalid configuration: {0}")]
-    Load(String),
+    #[error("invalid configuration: {message}")]
+    Load {
+        /// Every problem, each naming its key and where the value came from.
+        message: String,
+        /// figment's error (the first of them, with the rest chained inside).
+        #[source]
+        source: Box<figment::Error>,
+    },
     /// A value parsed but makes no sense.
     #[error("invalid configuration: key `{key}`: {reason}")]
     Invalid {
@@ -253,23 +262,19 @@ impl Serialize for KafkaProperties {
 }
 
 impl KafkaConfig {
-    /// An rdkafka client config with the connection settings and pass-through properties.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
-        self.client_config_with(&[])
-    }
-
-    /// Like [`client_config`](Self::client_config), starting from `defaults` that the
-    /// pass-through properties may override.
-    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> rdkafka::ClientConfig {
-        let mut c = rdkafka::ClientConfig::new();
-        for (k, v) in defaults {
-            c.set(*k, *v);
-        }
-        c.set("bootstrap.servers", &self.bootstrap_servers);
+    /// The librdkafka properties of a client: `defaults`, then the connection settings, then the
+    /// pass-through properties (which may override a default). `leafsync-kafka` turns them into
+    /// a client; core stays free of librdkafka so that the API does not link it.
+    pub fn client_properties(&self, defaults: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut c: BTreeMap<String, String> = defaults
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        c.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
         for (k, v) in &self.properties.0 {
             // Env vars cannot carry dots portably, so `SASL_PASSWORD` means `sasl.password`
             // (librdkafka property names have no underscores).
-            c.set(k.replace('_', "."), v);
+            c.insert(k.replace('_', "."), v.clone());
         }
         c
     }
@@ -370,6 +375,8 @@ pub struct WorkerConfig {
     pub fetch_max_kbytes: u64,
     /// Partitions that may hold a full batch and write at the same time.
     pub max_in_flight_batches: usize,
+    /// How often the consumer-lag gauges are refreshed.
+    pub lag_interval_ms: u64,
     /// Micro-batching.
     pub batch: BatchConfig,
     /// Retry of transient failures.
@@ -456,10 +463,7 @@ impl Config {
         let mut f = Figment::from(Toml::string(DEFAULTS));
         if let Some(p) = path {
             if !p.is_file() {
-                return Err(ConfigError::Load(format!(
-                    "config file {} does not exist",
-                    p.display()
-                )));
+                return Err(ConfigError::MissingFile(p.to_path_buf()));
             }
             f = f.merge(Toml::file(p));
         }
@@ -468,13 +472,14 @@ impl Config {
 
     /// Extracts and validates.
     pub fn from_figment(f: Figment) -> Result<Self, ConfigError> {
-        let c: Config = f.extract().map_err(|e| {
-            ConfigError::Load(
-                e.into_iter()
-                    .map(|e| describe(&e))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
+        let c: Config = f.extract().map_err(|e| ConfigError::Load {
+            message: e
+                .clone()
+                .into_iter()
+                .map(|e| describe(&e))
+                .collect::<Vec<_>>()
+                .join("; "),
+            source: Box::new(e),
         })?;
         c.validate()?;
         Ok(c)
@@ -563,6 +568,7 @@ impl Config {
             ));
         }
         positive("worker.stuck_after_ms", w.stuck_after_ms)?;
+        positive("worker.lag_interval_ms", w.lag_interval_ms)?;
         positive("worker.queued_max_kbytes", w.queued_max_kbytes)?;
         if !(1..=65_536).contains(&w.fetch_max_kbytes) {
             return Err(invalid(
@@ -746,11 +752,16 @@ mod tests {
                 Some("[kafka.properties]\n\"security.protocol\" = \"ssl\"\n\"socket.timeout.ms\" = 30000\n"),
             )
             .unwrap();
-            let rd = c.kafka.client_config();
-            assert_eq!(rd.get("fetch.max.bytes"), Some("262144"));
-            assert_eq!(rd.get("check.crcs"), Some("true"));
-            assert_eq!(rd.get("security.protocol"), Some("ssl"));
-            assert_eq!(rd.get("socket.timeout.ms"), Some("30000"));
+            let rd = c.kafka.client_properties(&[("check.crcs", "false")]);
+            let get = |k: &str| rd.get(k).map(String::as_str);
+            assert_eq!(get("fetch.max.bytes"), Some("262144"));
+            assert_eq!(
+                get("check.crcs"),
+                Some("true"),
+                "properties override defaults"
+            );
+            assert_eq!(get("security.protocol"), Some("ssl"));
+            assert_eq!(get("socket.timeout.ms"), Some("30000"));
 
             let msg = load_in_jail(jail, Some("[kafka.properties]\nfetch.max.bytes = 1\n"))
                 .unwrap_err()
@@ -793,9 +804,9 @@ mod tests {
                 );
             }
             assert!(c.redacted_toml().contains("leaf"));
-            let rd = c.kafka.client_config();
-            assert_eq!(rd.get("sasl.password"), Some("kafkapass"));
-            assert_eq!(rd.get("sasl.username"), Some("leaf"));
+            let rd = c.kafka.client_properties(&[]);
+            assert_eq!(rd["sasl.password"], "kafkapass");
+            assert_eq!(rd["sasl.username"], "leaf");
             Ok(())
         });
     }

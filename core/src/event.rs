@@ -159,7 +159,10 @@ fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// Parses an RFC 3339 timestamp, truncated to milliseconds.
-pub fn parse_timestamp(field: &'static str, v: &Value) -> Result<DateTime<Utc>, DecodeError> {
+pub(crate) fn parse_timestamp(
+    field: &'static str,
+    v: &Value,
+) -> Result<DateTime<Utc>, DecodeError> {
     let bad = || DecodeError::BadTimestamp {
         field,
         value: describe(v),

@@ -20,6 +20,8 @@
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use std::collections::HashMap;
+
 use mongodb::bson::{
     doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
 };
@@ -29,6 +31,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 
 use crate::config::{ms, MongoConfig};
 use crate::image::ImageId;
+use crate::outcome::{Outcome, Rejected, WriteResult};
+use crate::version::Version;
 
 /// Name of the unique index on `id`.
 pub const ID_INDEX: &str = "id_unique";
@@ -39,8 +43,22 @@ const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Server error codes meaning "try again later" (MongoDB's retryable and state-change codes).
 const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 50, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 48090, 134, 46, 112,
-    117, 133, 150, 10058,
+    6, 7, 46, 50, 64, 89, 91, 112, 117, 133, 134, 150, 189, 262, 9001, 10058, 10107, 11600, 11602,
+    13435, 13436, 48090,
+];
+
+/// Server error codes that, for a one-document write, mean the document itself is at fault
+/// (so it is dead-lettered) rather than the server or the request's form: too large, a field
+/// name the server will not store, a value it cannot index.
+const DOCUMENT_FAULT_CODES: &[i32] = &[
+    52,    // DollarPrefixedFieldName
+    55,    // InvalidDBRef
+    56,    // EmptyFieldName
+    57,    // DottedFieldName
+    10334, // BSONObjectTooLarge
+    17280, // KeyTooLong
+    17419, // document too large after the update
+    17420, // replacement too large
 ];
 
 /// Whether a failure is worth retrying. The worker's control flow hangs on this answer.
@@ -62,16 +80,37 @@ impl ErrorClass {
     }
 }
 
+/// Why a database operation failed: the driver's error, kept whole, or an error the server
+/// put in an otherwise successful reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Cause {
+    /// The driver's error (network, server selection, a command error, …).
+    #[error(transparent)]
+    Driver(mongodb::error::Error),
+    /// A `writeErrors` or `writeConcernError` entry of a reply.
+    #[error("server error {code}: {message}")]
+    Reply {
+        /// Server error code.
+        code: i32,
+        /// Server message.
+        message: String,
+    },
+    /// A shared operation ended without a result (e.g. the task running it was cancelled).
+    #[error("{0}")]
+    Abandoned(&'static str),
+}
+
 /// A failed database operation.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("MongoDB {op} failed ({class}): {message}", class = self.class.as_str())]
+#[error("MongoDB {op} failed ({class}): {cause}", class = self.class.as_str())]
 pub struct StoreError {
     /// Retry or not.
     pub class: ErrorClass,
     /// What was being done.
     pub op: &'static str,
-    /// The driver's or server's message.
-    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub cause: Cause,
 }
 
 impl StoreError {
@@ -80,11 +119,51 @@ impl StoreError {
         self.class == ErrorClass::Transient
     }
 
-    fn new(op: &'static str, e: &mongodb::error::Error) -> Self {
+    /// The server's error code, when the server answered with one.
+    pub fn code(&self) -> Option<i32> {
+        match &self.cause {
+            Cause::Driver(e) => server_code(e),
+            Cause::Reply { code, .. } => Some(*code),
+            Cause::Abandoned(_) => None,
+        }
+    }
+
+    /// Whether a refusal of a one-document write is that document's fault (size, field names)
+    /// rather than the server's (auth, configuration): decided by the server's code alone.
+    pub fn is_document_fault(&self) -> bool {
+        self.class == ErrorClass::Permanent
+            && self
+                .code()
+                .is_some_and(|c| DOCUMENT_FAULT_CODES.contains(&c))
+    }
+
+    /// An error of the driver, classified.
+    pub fn driver(op: &'static str, e: mongodb::error::Error) -> Self {
         Self {
-            class: classify(e),
+            class: classify(&e),
             op,
-            message: e.to_string(),
+            cause: Cause::Driver(e),
+        }
+    }
+
+    /// A shared operation that ended without a result: worth retrying.
+    pub fn abandoned(op: &'static str, why: &'static str) -> Self {
+        Self {
+            class: ErrorClass::Transient,
+            op,
+            cause: Cause::Abandoned(why),
+        }
+    }
+
+    fn reply(op: &'static str, code: i32, message: String) -> Self {
+        Self {
+            class: if is_transient_code(code) {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Permanent
+            },
+            op,
+            cause: Cause::Reply { code, message },
         }
     }
 }
@@ -94,6 +173,16 @@ pub fn is_transient_code(code: i32) -> bool {
     TRANSIENT_CODES.contains(&code)
 }
 
+fn server_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    }
+}
+
+/// Labels first (the server and driver mark retryable errors), then the error's kind and code.
 fn classify(e: &mongodb::error::Error) -> ErrorClass {
     if e.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
         || e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
@@ -105,34 +194,11 @@ fn classify(e: &mongodb::error::Error) -> ErrorClass {
         ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::ServerSelection { .. }
-        | ErrorKind::DnsResolve { .. } => ErrorClass::Transient,
-        ErrorKind::Command(c) if is_transient_code(c.code) => ErrorClass::Transient,
-        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => ErrorClass::Transient,
-        ErrorKind::Write(WriteFailure::WriteError(w)) if is_transient_code(w.code) => {
-            ErrorClass::Transient
-        }
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Write(WriteFailure::WriteConcernError(_)) => ErrorClass::Transient,
+        _ if server_code(e).is_some_and(is_transient_code) => ErrorClass::Transient,
         _ => ErrorClass::Permanent,
     }
-}
-
-/// What happened to one document of a batched write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Created.
-    Inserted,
-    /// Replaced an older version.
-    Updated,
-    /// The stored version has the same `updated_at`: an idempotent replay.
-    Unchanged,
-    /// A newer version is stored; nothing was written.
-    Stale,
-    /// Refused for its own content (e.g. too large); the caller dead-letters it.
-    Rejected {
-        /// Server error code (0 when the refusal came from the whole command).
-        code: i32,
-        /// Server message.
-        message: String,
-    },
 }
 
 /// Handle to the consumer database.
@@ -156,10 +222,7 @@ impl Store {
                 }
                 Err(e) => {
                     return Err(StoreError {
-                        message: format!(
-                            "no answer within mongo.startup_timeout_ms ({} ms): {}",
-                            cfg.startup_timeout_ms, e.message
-                        ),
+                        op: "ping within mongo.startup_timeout_ms",
                         ..e
                     })
                 }
@@ -173,15 +236,15 @@ impl Store {
             .await
             .map_err(|e| StoreError {
                 class: ErrorClass::Permanent,
-                op: "parse mongo.uri",
-                // The driver's message never contains the password, but say which key it is.
-                message: format!("invalid configuration: key `mongo.uri`: {e}"),
+                // The driver's message never contains the password; the op names the key.
+                op: "parse of configuration key `mongo.uri`",
+                cause: Cause::Driver(e),
             })?;
         opts.app_name = Some(app.to_owned());
         opts.server_selection_timeout = Some(ms(cfg.connect_timeout_ms));
         opts.connect_timeout = Some(ms(cfg.connect_timeout_ms));
         opts.max_pool_size = Some(cfg.max_pool_size);
-        let client = Client::with_options(opts).map_err(|e| StoreError::new("connect", &e))?;
+        let client = Client::with_options(opts).map_err(|e| StoreError::driver("connect", e))?;
         let db = client.database(&cfg.database);
         Ok(Self { db })
     }
@@ -202,7 +265,7 @@ impl Store {
             .run_command(doc! {"ping": 1})
             .await
             .map(drop)
-            .map_err(|e| StoreError::new("ping", &e))
+            .map_err(|e| StoreError::driver("ping", e))
     }
 
     /// Whether the server answers a ping within `timeout` (for readiness probes).
@@ -225,7 +288,7 @@ impl Store {
             self.collection(name)
                 .create_index(model)
                 .await
-                .map_err(|e| StoreError::new("create index", &e))?;
+                .map_err(|e| StoreError::driver("create index", e))?;
         }
         Ok(())
     }
@@ -236,7 +299,7 @@ impl Store {
             .find_one(doc! {"id": id.get()})
             .projection(doc! {"_id": 0})
             .await
-            .map_err(|e| StoreError::new("find", &e))
+            .map_err(|e| StoreError::driver("find", e))
     }
 
     /// How many images a collection holds; soft-deleted ones only when `include_deleted`.
@@ -249,7 +312,7 @@ impl Store {
         self.collection(collection)
             .count_documents(filter)
             .await
-            .map_err(|e| StoreError::new("count", &e))
+            .map_err(|e| StoreError::driver("count", e))
     }
 
     /// Every stored image of a collection, streamed to `f` (for verification tools).
@@ -263,11 +326,11 @@ impl Store {
             .find(doc! {})
             .projection(doc! {"_id": 0})
             .await
-            .map_err(|e| StoreError::new("find", &e))?;
+            .map_err(|e| StoreError::driver("find", e))?;
         while let Some(d) = cursor
             .try_next()
             .await
-            .map_err(|e| StoreError::new("find", &e))?
+            .map_err(|e| StoreError::driver("find", e))?
         {
             f(d);
         }
@@ -283,24 +346,26 @@ impl Store {
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
-    ) -> Result<Vec<WriteOutcome>, StoreError> {
+    ) -> Result<Vec<WriteResult>, StoreError> {
         // One indexed read classifies every event exactly (inserted/updated/unchanged/stale);
         // the write's own guard still decides, so a concurrent writer cannot make us regress.
         let stored = self.stored_versions(collection, docs).await?;
         let mut outcomes = Vec::with_capacity(docs.len());
         let mut to_write = Vec::with_capacity(docs.len());
         for (i, d) in docs.iter().enumerate() {
-            let new = d.get_datetime("updated_at").ok();
-            let outcome = match (d.get_i64("id").ok().and_then(|id| stored.get(&id)), new) {
-                (None, _) => WriteOutcome::Inserted,
-                (Some(old), Some(new)) if *old > new => WriteOutcome::Stale,
-                (Some(old), Some(new)) if *old == new => WriteOutcome::Unchanged,
-                (Some(_), _) => WriteOutcome::Updated,
+            let outcome = match (
+                d.get_i64("id").ok().and_then(|id| stored.get(&id)),
+                version_of(d),
+            ) {
+                (None, _) => Outcome::Inserted,
+                (Some(&old), Some(new)) if !new.replaces(old) => Outcome::Stale,
+                (Some(&old), Some(new)) if old == new => Outcome::Unchanged,
+                (Some(_), _) => Outcome::Updated,
             };
-            if outcome != WriteOutcome::Stale {
+            if outcome != Outcome::Stale {
                 to_write.push(i);
             }
-            outcomes.push(outcome);
+            outcomes.push(Ok(outcome));
         }
         let mut duplicates = Vec::new();
         for chunk in chunks(docs, &to_write) {
@@ -326,7 +391,7 @@ impl Store {
             self.update_command(collection, docs, &duplicates, &mut outcomes, &mut again)
                 .await?;
             for i in again {
-                outcomes[i] = WriteOutcome::Stale;
+                outcomes[i] = Ok(Outcome::Stale);
             }
         }
         Ok(outcomes)
@@ -339,7 +404,7 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
     ) -> Result<(), StoreError> {
-        let mut outcomes = vec![WriteOutcome::Inserted; docs.len()];
+        let mut outcomes = vec![Ok(Outcome::Inserted); docs.len()];
         let mut duplicates = Vec::new();
         for chunk in chunks(docs, &(0..docs.len()).collect::<Vec<_>>()) {
             self.update_command(collection, docs, &chunk, &mut outcomes, &mut duplicates)
@@ -352,22 +417,22 @@ impl Store {
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
-    ) -> Result<std::collections::HashMap<i64, mongodb::bson::DateTime>, StoreError> {
+    ) -> Result<HashMap<i64, Version>, StoreError> {
         let ids: Vec<i64> = docs.iter().filter_map(|d| d.get_i64("id").ok()).collect();
         let mut cursor = self
             .collection(collection)
             .find(doc! {"id": {"$in": ids}})
             .projection(doc! {"_id": 0, "id": 1, "updated_at": 1})
             .await
-            .map_err(|e| StoreError::new("find versions", &e))?;
-        let mut out = std::collections::HashMap::with_capacity(docs.len());
+            .map_err(|e| StoreError::driver("find versions", e))?;
+        let mut out = HashMap::with_capacity(docs.len());
         while let Some(d) = cursor
             .try_next()
             .await
-            .map_err(|e| StoreError::new("find versions", &e))?
+            .map_err(|e| StoreError::driver("find versions", e))?
         {
             if let (Ok(id), Ok(at)) = (d.get_i64("id"), d.get_datetime("updated_at")) {
-                out.insert(id, *at);
+                out.insert(id, Version::from_bson(*at));
             }
         }
         Ok(out)
@@ -378,18 +443,18 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
         index: usize,
-        outcomes: &mut [WriteOutcome],
+        outcomes: &mut [WriteResult],
         duplicates: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
         match self
             .update_command(collection, docs, &[index], outcomes, duplicates)
             .await
         {
-            Err(e) if e.class == ErrorClass::Permanent && is_document_fault(&e.message) => {
-                outcomes[index] = WriteOutcome::Rejected {
-                    code: 0,
-                    message: e.message,
-                };
+            Err(e) if e.is_document_fault() => {
+                outcomes[index] = Err(Rejected {
+                    code: e.code().unwrap_or_default(),
+                    message: e.cause.to_string(),
+                });
                 Ok(())
             }
             other => other,
@@ -403,7 +468,7 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
         indexes: &[usize],
-        outcomes: &mut [WriteOutcome],
+        outcomes: &mut [WriteResult],
         duplicates: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
         let mut updates = RawArrayBuf::new();
@@ -415,12 +480,16 @@ impl Store {
             .db
             .run_raw_command(command)
             .await
-            .map_err(|e| StoreError::new("update", &e))?;
+            .map_err(|e| StoreError::driver("update", e))?;
         if let Ok(wce) = reply.get_document("writeConcernError") {
+            // A write concern error is worth retrying whatever its code.
             return Err(StoreError {
                 class: ErrorClass::Transient,
-                op: "update",
-                message: format!("write concern error: {wce}"),
+                ..StoreError::reply(
+                    "update",
+                    wce.get_i32("code").unwrap_or_default(),
+                    wce.get_str("errmsg").unwrap_or_default().to_owned(),
+                )
             });
         }
         let Ok(errors) = reply.get_array("writeErrors") else {
@@ -428,8 +497,7 @@ impl Store {
         };
         let mut transient = None;
         for e in errors.iter().filter_map(Bson::as_document) {
-            let pos = int_field(e, "index") as usize;
-            let Some(&index) = indexes.get(pos) else {
+            let Some(&index) = int_field(e, "index").and_then(|i| indexes.get(i)) else {
                 continue;
             };
             let code = e.get_i32("code").unwrap_or(0);
@@ -437,45 +505,28 @@ impl Store {
             if code == DUPLICATE_KEY {
                 duplicates.push(index);
             } else if is_transient_code(code) {
-                transient = Some(format!("write error {code}: {message}"));
+                transient = Some(StoreError::reply("update", code, message));
             } else {
-                outcomes[index] = WriteOutcome::Rejected { code, message };
+                outcomes[index] = Err(Rejected { code, message });
             }
         }
-        match transient {
-            Some(message) => Err(StoreError {
-                class: ErrorClass::Transient,
-                op: "update",
-                message,
-            }),
-            None => Ok(()),
-        }
+        transient.map_or(Ok(()), Err)
     }
 }
 
-/// Whether a command-level refusal of a one-document write is that document's fault
-/// (size, field names) rather than the server's (auth, configuration).
-fn is_document_fault(message: &str) -> bool {
-    const SIGNS: &[&str] = &[
-        "too large",
-        "TooLarge",
-        "exceeds",
-        "size must be",
-        "BSONObjectTooLarge",
-        "DollarPrefixedFieldName",
-        "FieldPath",
-        "field name",
-        "nesting depth",
-    ];
-    SIGNS.iter().any(|s| message.contains(s))
+/// The version of a document to write (`None` if it has no `updated_at` date).
+fn version_of(d: &RawDocument) -> Option<Version> {
+    d.get_datetime("updated_at").ok().map(Version::from_bson)
 }
 
-fn int_field(d: &Document, key: &str) -> u64 {
-    match d.get(key) {
-        Some(Bson::Int32(v)) => (*v).max(0) as u64,
-        Some(Bson::Int64(v)) => (*v).max(0) as u64,
-        Some(Bson::Double(v)) => v.max(0.0) as u64,
-        _ => 0,
+/// A non-negative integer field of a reply, whatever numeric type the server chose; `None`
+/// when absent.
+fn int_field(d: &Document, key: &str) -> Option<usize> {
+    match d.get(key)? {
+        Bson::Int32(v) => usize::try_from(*v).ok(),
+        Bson::Int64(v) => usize::try_from(*v).ok(),
+        Bson::Double(v) if *v >= 0.0 => Some(*v as usize),
+        _ => None,
     }
 }
 

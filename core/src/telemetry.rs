@@ -19,15 +19,15 @@ use crate::config::{LogFormat, TelemetryConfig};
 /// Telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    /// `telemetry.log_filter` does not parse.
-    #[error("invalid configuration: key `telemetry.log_filter`: {0}")]
-    Filter(String),
+    /// `telemetry.log_filter` (or `RUST_LOG`) does not parse.
+    #[error("invalid configuration: key `telemetry.log_filter` (or RUST_LOG): {0}")]
+    Filter(#[source] tracing_subscriber::filter::ParseError),
     /// The OTLP exporter could not be built.
     #[error("cannot set up the OTLP exporter for `telemetry.otlp_endpoint`: {0}")]
-    Exporter(String),
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     /// A global subscriber is already installed.
     #[error("telemetry already initialised: {0}")]
-    AlreadySet(String),
+    AlreadySet(#[source] tracing_subscriber::util::TryInitError),
 }
 
 /// Flushes and shuts down span export when dropped.
@@ -36,10 +36,11 @@ pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
 }
 
-impl TelemetryGuard {
-    /// Whether spans are being exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("exporting", &self.provider.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,7 +73,7 @@ fn tracer_provider(
         .with_http()
         .with_endpoint(traces_url(endpoint))
         .build()
-        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        .map_err(TelemetryError::Exporter)?;
     let resource = Resource::builder()
         .with_service_name(service.to_owned())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -92,7 +93,7 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> Result<TelemetryGuard, Tele
         Ok(s) if !s.is_empty() => EnvFilter::try_new(s),
         _ => EnvFilter::try_new(&cfg.log_filter),
     }
-    .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    .map_err(TelemetryError::Filter)?;
     let json = match cfg.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -124,7 +125,7 @@ pub fn init(service: &str, cfg: &TelemetryConfig) -> Result<TelemetryGuard, Tele
         .with(fmt)
         .with(otel)
         .try_init()
-        .map_err(|e| TelemetryError::AlreadySet(e.to_string()))?;
+        .map_err(TelemetryError::AlreadySet)?;
     Ok(TelemetryGuard { provider })
 }
 

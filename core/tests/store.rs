@@ -1,13 +1,15 @@
 //! The Mongo store against the real (stand-in) server started by `scripts/stack up`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 mod common;
 
 use leafsync_core::document::Projection;
 use leafsync_core::event::{ImageEvent, DEFAULT_MAX_EVENT_BYTES};
-use leafsync_core::store::{Store, StoreError, WriteOutcome, DUPLICATE_KEY};
-use leafsync_core::ImageId;
+use leafsync_core::store::{ErrorClass, Store, StoreError, DUPLICATE_KEY};
+use leafsync_core::Outcome::*;
+use leafsync_core::{ImageId, Rejected, Version, WriteResult};
+use leafsync_testkit::Cleanup;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
-use WriteOutcome::*;
 
 fn event_doc(id: i64, ts: &str, label: &str) -> Document {
     let json = format!(
@@ -19,7 +21,7 @@ fn event_doc(id: i64, ts: &str, label: &str) -> Document {
 }
 
 /// `Store::write_batch` with documents built as maps (easier to edit in a test).
-async fn write(s: &Store, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreError> {
+async fn write(s: &Store, docs: &[Document]) -> Result<Vec<WriteResult>, StoreError> {
     let raw: Vec<RawDocumentBuf> = docs
         .iter()
         .map(|d| RawDocumentBuf::from_document(d).unwrap())
@@ -27,18 +29,19 @@ async fn write(s: &Store, docs: &[Document]) -> Result<Vec<WriteOutcome>, StoreE
     s.write_batch("potato", &raw).await
 }
 
-async fn store() -> Store {
-    let c = common::config();
+/// A store on a fresh database, and the guard that drops it.
+async fn store() -> (Store, Cleanup) {
+    let (c, cleanup) = common::config();
     let s = Store::connect(&c.mongo, "leafsync-test")
         .await
         .expect("MongoDB up (scripts/stack up)");
     s.ensure_indexes(&["potato"]).await.unwrap();
-    s
+    (s, cleanup)
 }
 
 #[tokio::test]
 async fn upsert_read_back_and_count() {
-    let s = store().await;
+    let (s, _cleanup) = store().await;
     let r = write(
         &s,
         &[
@@ -48,7 +51,7 @@ async fn upsert_read_back_and_count() {
     )
     .await
     .unwrap();
-    assert_eq!(r, [Inserted, Inserted]);
+    assert_eq!(r, [Ok(Inserted), Ok(Inserted)]);
 
     let d = s
         .get("potato", ImageId::new(2).unwrap())
@@ -71,14 +74,14 @@ async fn upsert_read_back_and_count() {
     let mut del = event_doc(2, "2025-01-01T00:00:02Z", "late_blight");
     del.insert("deleted", true);
     let r = write(&s, &[del]).await.unwrap();
-    assert_eq!(r, [Updated]);
+    assert_eq!(r, [Ok(Updated)]);
     assert_eq!(s.count("potato", false).await.unwrap(), 1);
     assert_eq!(s.count("potato", true).await.unwrap(), 2);
 }
 
 #[tokio::test]
 async fn unique_index_rejects_a_duplicate_id() {
-    let s = store().await;
+    let (s, _cleanup) = store().await;
     let coll = s.collection("potato");
     coll.insert_one(doc! {"id": 7_i64}).await.unwrap();
     let e = coll.insert_one(doc! {"id": 7_i64}).await.unwrap_err();
@@ -89,22 +92,22 @@ async fn unique_index_rejects_a_duplicate_id() {
 
 #[tokio::test]
 async fn stale_guard_outcomes() {
-    let s = store().await;
+    let (s, _cleanup) = store().await;
     let v2 = event_doc(10, "2025-01-01T00:00:02Z", "v2");
     assert_eq!(
         write(&s, std::slice::from_ref(&v2)).await.unwrap(),
-        [Inserted]
+        [Ok(Inserted)]
     );
 
     // Older: never overwrites, reported stale.
     let r = write(&s, &[event_doc(10, "2025-01-01T00:00:01Z", "v1")])
         .await
         .unwrap();
-    assert_eq!(r, [Stale]);
+    assert_eq!(r, [Ok(Stale)]);
 
     // Equal and identical: an idempotent replay.
     let r = write(&s, &[v2]).await.unwrap();
-    assert_eq!(r, [Unchanged]);
+    assert_eq!(r, [Ok(Unchanged)]);
 
     // Newer: replaces the whole document (fields absent from the event disappear).
     let mut v3 = event_doc(10, "2025-01-01T00:00:03Z", "v3");
@@ -112,7 +115,7 @@ async fn stale_guard_outcomes() {
     let r = write(&s, &[v3, event_doc(11, "2025-01-01T00:00:00Z", "new")])
         .await
         .unwrap();
-    assert_eq!(r, [Updated, Inserted]);
+    assert_eq!(r, [Ok(Updated), Ok(Inserted)]);
     let d = s
         .get("potato", ImageId::new(10).unwrap())
         .await
@@ -132,7 +135,7 @@ async fn stale_guard_outcomes() {
     )
     .await
     .unwrap();
-    assert_eq!(r, [Stale, Inserted, Updated]);
+    assert_eq!(r, [Ok(Stale), Ok(Inserted), Ok(Updated)]);
     assert_eq!(
         s.get("potato", ImageId::new(10).unwrap())
             .await
@@ -146,7 +149,7 @@ async fn stale_guard_outcomes() {
 
 #[tokio::test]
 async fn an_oversized_document_is_rejected_alone() {
-    let s = store().await;
+    let (s, _cleanup) = store().await;
     let mut huge = event_doc(21, "2025-01-01T00:00:00Z", "huge");
     huge.insert("blob", "x".repeat(17 * 1024 * 1024));
     let r = write(
@@ -159,11 +162,11 @@ async fn an_oversized_document_is_rejected_alone() {
     )
     .await
     .unwrap();
-    assert_eq!(r[0], Inserted);
-    assert_eq!(r[2], Inserted);
+    assert_eq!(r[0], Ok(Inserted));
+    assert_eq!(r[2], Ok(Inserted));
     assert!(
-        matches!(&r[1], Rejected { message, .. } if !message.is_empty()),
-        "{r:?}"
+        matches!(&r[1], Err(Rejected { code, message }) if *code != 0 && !message.is_empty()),
+        "refused by the server's code, with its message: {r:?}"
     );
     assert!(s
         .get("potato", ImageId::new(21).unwrap())
@@ -176,7 +179,7 @@ async fn an_oversized_document_is_rejected_alone() {
 async fn a_concurrent_newer_write_wins_over_the_guarded_upsert() {
     // Two writers racing on one id (e.g. two workers during a rebalance): whatever the
     // interleaving, the newest version is what stays.
-    let s = store().await;
+    let (s, _cleanup) = store().await;
     let newer = [event_doc(30, "2025-01-01T00:00:09Z", "newer")];
     let older = [event_doc(30, "2025-01-01T00:00:01Z", "older")];
     let (a, b) = tokio::join!(write(&s, &newer), write(&s, &older));
@@ -191,12 +194,71 @@ async fn a_concurrent_newer_write_wins_over_the_guarded_upsert() {
 
 #[tokio::test]
 async fn unreachable_server_is_a_transient_error() {
-    let mut c = common::config();
+    let (mut c, _cleanup) = common::config();
     c.mongo.uri =
         leafsync_core::config::Secret::new("mongodb://127.0.0.1:1/?directConnection=true");
     c.mongo.startup_timeout_ms = 500;
     c.mongo.connect_timeout_ms = 200;
     let e = Store::connect(&c.mongo, "leafsync-test").await.unwrap_err();
     assert!(e.is_transient(), "{e}");
+    assert!(!e.is_document_fault());
+    assert_eq!(e.code(), None, "no server answered");
     assert!(e.to_string().contains("mongo.startup_timeout_ms"), "{e}");
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the driver's error is kept as the source"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_command_is_permanent_and_not_the_documents_fault() {
+    // An invalid collection name: the server refuses the request's form, with a code. This
+    // must not be mistaken for a bad document (which would dead-letter every event).
+    let (s, _cleanup) = store().await;
+    let doc = RawDocumentBuf::from_document(&event_doc(40, "2025-01-01T00:00:00Z", "x")).unwrap();
+    let e = s.write_batch("bad$name", &[doc]).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{e}");
+    assert!(e.code().is_some(), "the server's code is kept: {e}");
+    assert!(!e.is_document_fault(), "{e}");
+    assert!(std::error::Error::source(&e).is_some());
+}
+
+#[tokio::test]
+async fn the_write_guard_is_the_version_rule() {
+    // For every (stored, new) pair, the server-side guard keeps the stored document exactly
+    // when `Version::replaces` says the new one does not replace it.
+    let (s, _cleanup) = store().await;
+    let ts = |secs: i64| format!("2025-01-01T00:00:0{secs}Z");
+    let mut id = 100;
+    for stored in 1..=3 {
+        for new in 1..=3 {
+            id += 1;
+            write(&s, &[event_doc(id, &ts(stored), "stored")])
+                .await
+                .unwrap();
+            // Unclassified: every statement goes to the server's guard, none is pre-filtered.
+            let new_doc = RawDocumentBuf::from_document(&event_doc(id, &ts(new), "new")).unwrap();
+            s.write_batch_unclassified("potato", &[new_doc])
+                .await
+                .unwrap();
+            let d = s
+                .get("potato", ImageId::new(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            let v = |secs: i64| {
+                Version::of(chrono::DateTime::from_timestamp(1_735_689_600 + secs, 0).unwrap())
+            };
+            let want = if v(new).replaces(v(stored)) {
+                "new"
+            } else {
+                "stored"
+            };
+            assert_eq!(
+                d.get_str("label").unwrap(),
+                want,
+                "stored {stored}, new {new}"
+            );
+        }
+    }
 }

@@ -1,12 +1,13 @@
-//! The expected final state of the consumer database: per image type and id, the event with
-//! the greatest `updated_at` (the later one on ties, as the worker applies them).
+//! The expected final state of the consumer database: per image type and id, the event that
+//! wins by core's version rule ([`Version::replaces`]: the newest `updated_at`, the later
+//! event on ties), as the worker applies them.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use leafsync_core::event::DEFAULT_MAX_EVENT_BYTES;
-use leafsync_core::{ImageEvent, ImageType};
+use leafsync_core::{ImageEvent, ImageType, Version};
 use serde::{Deserialize, Serialize};
 
 /// Expected state plus what the verifier needs to know about the run.
@@ -38,11 +39,12 @@ impl Expected {
     pub fn apply(&mut self, image_type: ImageType, event: &ImageEvent) {
         self.produced += 1;
         let key = (image_type, event.id.get());
-        match self.images.get(&key) {
-            Some(cur) if cur.updated_at > event.updated_at => {}
-            _ => {
-                self.images.insert(key, event.clone());
-            }
+        let replaces = self
+            .images
+            .get(&key)
+            .is_none_or(|cur| Version::of(event.updated_at).replaces(Version::of(cur.updated_at)));
+        if replaces {
+            self.images.insert(key, event.clone());
         }
     }
 

@@ -38,6 +38,14 @@ pub struct Generator {
     tick: i64,
 }
 
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
 fn labels(t: ImageType) -> &'static [&'static str] {
     match t {
         ImageType::Potato => &["healthy", "early_blight", "late_blight"],

@@ -3,13 +3,15 @@
 //! `traceparent` header when tracing is on.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use leafsync_core::config::Config;
-use leafsync_core::kafka_admin::partition_count;
 use leafsync_core::partitioner::partition_for_key;
-use leafsync_core::{trace_context, ImageType};
+use leafsync_core::ImageType;
+use leafsync_kafka::admin::partition_count;
+use leafsync_kafka::{trace_context, ClientConfigExt as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -17,12 +19,20 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 /// A keyed, explicitly partitioned producer with bounded in-flight messages.
 pub struct EventProducer {
     producer: FutureProducer,
-    partitions: HashMap<String, u32>,
+    partitions: HashMap<String, NonZeroU32>,
     in_flight: FuturesUnordered<DeliveryFuture>,
-    /// Messages acknowledged by the broker.
-    pub acked: u64,
     /// Messages the broker refused (after librdkafka's own retries).
     pub failed: u64,
+}
+
+impl std::fmt::Debug for EventProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventProducer")
+            .field("partitions", &self.partitions)
+            .field("in_flight", &self.in_flight.len())
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 const MAX_IN_FLIGHT: usize = 20_000;
@@ -43,18 +53,16 @@ impl EventProducer {
         let mut partitions = HashMap::new();
         for t in ImageType::ALL {
             let topic = &cfg.types.get(t).topic;
-            let n = partition_count(&cfg.kafka, topic, Duration::from_secs(10))?;
-            anyhow::ensure!(
-                n > 0,
-                "topic {topic} does not exist (scripts/stack up creates it)"
-            );
+            let n = NonZeroU32::new(partition_count(&cfg.kafka, topic, Duration::from_secs(10))?)
+                .ok_or_else(|| {
+                anyhow::anyhow!("topic {topic} does not exist (scripts/stack up creates it)")
+            })?;
             partitions.insert(topic.clone(), n);
         }
         Ok(Self {
             producer,
             partitions,
             in_flight: FuturesUnordered::new(),
-            acked: 0,
             failed: 0,
         })
     }
@@ -108,13 +116,12 @@ impl EventProducer {
 
     async fn settle_one(&mut self) {
         match self.in_flight.next().await {
-            Some(Ok(Ok(_))) => self.acked += 1,
+            Some(Ok(Ok(_))) | None => {}
             Some(Ok(Err((e, _)))) => {
                 self.failed += 1;
                 tracing::warn!(error = %e, "produce failed");
             }
             Some(Err(_)) => self.failed += 1,
-            None => {}
         }
     }
 

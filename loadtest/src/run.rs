@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leafsync_core::{Config, Store};
+use leafsync_kafka::ClientConfigExt as _;
 
 use crate::flood::{flood, progress, FloodConfig};
 use crate::report::RunReport;
@@ -12,6 +13,7 @@ use crate::sample::{delta, latency_buckets, max_bound, quantile, OffsetProbe, Sa
 use crate::verify::wait_until_synced;
 
 /// What to run.
+#[derive(Debug)]
 pub struct RunConfig {
     /// The flood.
     pub flood: FloodConfig,

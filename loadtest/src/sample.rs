@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use leafsync_core::Config;
+use leafsync_kafka::offsets::positions;
+use leafsync_kafka::ClientConfigExt as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use serde::Serialize;
 
 /// One sample.
@@ -39,6 +41,14 @@ pub struct OffsetProbe {
     tpl: TopicPartitionList,
 }
 
+impl std::fmt::Debug for OffsetProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffsetProbe")
+            .field("partitions", &self.tpl.count())
+            .finish_non_exhaustive()
+    }
+}
+
 impl OffsetProbe {
     /// For the worker group and image topics of `config`.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
@@ -67,17 +77,10 @@ impl OffsetProbe {
             .consumer
             .committed_offsets(self.tpl.clone(), Duration::from_secs(10))?;
         let (mut end, mut done) = (0, 0);
-        for e in committed.elements() {
-            let (low, high) = self.consumer.fetch_watermarks(
-                e.topic(),
-                e.partition(),
-                Duration::from_secs(10),
-            )?;
-            end += high;
-            done += match e.offset() {
-                Offset::Offset(o) => o,
-                _ => low,
-            };
+        for p in positions(&self.consumer, &committed, Duration::from_secs(10)) {
+            let p = p?;
+            end += p.end;
+            done += p.committed;
         }
         Ok((end, done))
     }

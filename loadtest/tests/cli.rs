@@ -1,14 +1,15 @@
 //! The load tool against the real stack and a real worker: `run` passes, `verify` catches a
 //! lost and a stale document and exits non-zero, poison events all reach the dead-letter topic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use leafsync_core::kafka_admin::ensure_topics;
 use leafsync_core::{Config, Store};
+use leafsync_kafka::admin::{delete_topics, ensure_topics};
 use leafsync_loadtest::expected::Expected;
-use leafsync_testkit::{env_to_toml, free_port, unique, wait_for_status, Process};
+use leafsync_testkit::{env_to_toml, free_port, unique, wait_for_status, Cleanup, Process};
 use mongodb::bson::doc;
 
 fn sibling(bin: &str) -> PathBuf {
@@ -59,6 +60,19 @@ async fn run_passes_and_verify_catches_lost_and_stale_documents() {
     topics.push(config.kafka.dead_letter_topic.clone());
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     ensure_topics(&config.kafka, &refs, 6).await.unwrap();
+    let _cleanup = {
+        let config = config.clone();
+        Cleanup::new(format!("database {name}"), move || async move {
+            let store = Store::connect_lazy(&config.mongo, "lt-cleanup")
+                .await
+                .map_err(|e| e.to_string())?;
+            store.database().drop().await.map_err(|e| e.to_string())?;
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            delete_topics(&config.kafka, &refs)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
 
     let worker = Process::spawn(
         &sibling("leafsync-worker"),

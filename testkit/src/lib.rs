@@ -69,6 +69,7 @@ pub fn repo_root() -> PathBuf {
 
 /// A private stack (own ports, own data, no default topics) for tests that stop or restart a
 /// server; removed when dropped.
+#[derive(Debug)]
 pub struct PrivateStack {
     env: Vec<(String, String)>,
     /// `host:port` of its broker.
@@ -119,7 +120,61 @@ impl Drop for PrivateStack {
     }
 }
 
+/// Runs an async clean-up when dropped, also when the test fails: each test removes the
+/// databases and topics it created, so a long-lived development stack does not grow with every
+/// `make test`. Drop runs outside any async context (a test's runtime may be gone), so the
+/// clean-up gets a thread and a runtime of its own. Failures are reported, not raised: a test's
+/// own verdict matters more than its clean-up.
+pub struct Cleanup {
+    what: String,
+    run: Option<Box<dyn FnOnce() -> BoxFuture + Send + Sync>>,
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+impl Cleanup {
+    /// `what` names it in a failure message; `f` does the work.
+    pub fn new<F, Fut>(what: impl Into<String>, f: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            what: what.into(),
+            run: Some(Box::new(move || Box::pin(f()))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Cleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cleanup").field("what", &self.what).finish()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Some(run) = self.run.take() else { return };
+        let what = std::mem::take(&mut self.what);
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), run()).await })
+                .map_err(|_| "timed out".to_owned())?
+        })
+        .join();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("clean-up of {what} failed: {e}"),
+            Err(_) => eprintln!("clean-up of {what} panicked"),
+        }
+    }
+}
+
 /// A child process of one of the binaries, its output in a log file; killed when dropped.
+#[derive(Debug)]
 pub struct Process {
     child: Option<Child>,
     /// Where stdout and stderr go.

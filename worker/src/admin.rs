@@ -8,16 +8,13 @@ use std::time::Duration;
 use leafsync_core::config::ms;
 use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
-use warp::Filter;
+use warp::{Filter, Reply};
 
 use crate::Shared;
 
 fn json(status: StatusCode, body: serde_json::Value) -> warp::reply::Response {
-    warp::http::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(body.to_string().into())
-        .unwrap_or_default()
+    // warp's own JSON reply cannot fail to build, unlike a hand-made `Response::builder()`.
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 async fn live(shared: Arc<Shared>) -> Result<warp::reply::Response, Infallible> {

@@ -1,10 +1,19 @@
-//! Capped exponential backoff with full jitter, for retrying transient failures forever.
+//! Retrying transient failures forever, with capped exponential backoff and full jitter.
+//!
+//! Full jitter (a delay drawn from `[0, ceiling]`) spreads the retries of many workers after a
+//! shared outage best: AWS's "Exponential Backoff And Jitter" analysis found it finishes the
+//! contended work soonest, where "equal jitter" (`[ceiling/2, ceiling]`) keeps retries bunched.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
 
-/// Delays for successive retries: random in [0, min(max, initial·2ⁿ)].
+use crate::events::{Emit, RetryScheduled};
+use crate::metrics::Metrics;
+
+/// Delays for successive retries: random in `[0, min(max, initial·2ⁿ)]`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -33,12 +42,45 @@ impl Backoff {
         self.initial.saturating_mul(factor).min(self.max)
     }
 
-    /// The next delay; jitter spreads retries of many workers after a shared outage.
+    /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=ms))
+    }
+}
+
+/// Runs `op` until it succeeds, emitting a [`RetryScheduled`] (labelled `what` and the class
+/// `classify` gives the error) before each wait. For work that must never be skipped: a write
+/// whose offset is held until it lands, a dead letter that must reach its topic.
+pub async fn retry_forever<T, E: Display, F, Fut>(
+    what: &str,
+    mut backoff: Backoff,
+    metrics: &Metrics,
+    classify: impl Fn(&E) -> &'static str,
+    mut op: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                RetryScheduled {
+                    op: what,
+                    class: classify(&e),
+                    error: &e.to_string(),
+                    attempt: backoff.attempts(),
+                    delay,
+                }
+                .emit(metrics);
+                tokio::time::sleep(delay).await;
+            }
+        }
     }
 }
 
@@ -47,13 +89,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grows_then_caps() {
+    fn grows_then_caps_with_full_jitter() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let ceilings: Vec<u128> = (0..8)
             .map(|_| {
                 let c = b.ceiling().as_millis();
                 let d = b.next_delay().as_millis();
-                assert!(d <= c && d >= c / 2, "{d} not in [{}, {c}]", c / 2);
+                assert!(d <= c, "{d} not in [0, {c}]");
                 c
             })
             .collect();
@@ -63,5 +105,54 @@ mod tests {
             b.next_delay();
         }
         assert_eq!(b.ceiling(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn jitter_spans_the_whole_range_down_to_zero() {
+        // Equal jitter would never go below half the ceiling; full jitter does, often.
+        let mut low = 0;
+        for _ in 0..1_000 {
+            let mut b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(1));
+            if b.next_delay() < Duration::from_millis(250) {
+                low += 1;
+            }
+        }
+        // Expected 250 of 1,000; the chance of fewer than 150 is below 1e-15.
+        assert!(
+            low > 150,
+            "only {low} of 1000 delays below a quarter of the ceiling"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_success_and_counts_each_retry() {
+        let metrics = Metrics::new();
+        let mut calls = 0;
+        let v = retry_forever(
+            "database_write",
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+            &metrics,
+            |_: &String| "transient",
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 4 {
+                        Err(format!("fail {n}"))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(v, 4);
+        assert_eq!(
+            metrics
+                .retries
+                .with_label_values(&["database_write", "transient"])
+                .get(),
+            3
+        );
     }
 }

@@ -1,16 +1,15 @@
 //! Turning one partition's micro-batch into database writes. Pure logic, no I/O.
 //!
 //! A batch may hold several events of one image. Applying them one by one in partition order
-//! with the stale guard (apply when `updated_at` ≥ stored) leaves exactly the state of applying
-//! only the *winner*: the last event among those with the greatest `updated_at`. So each batch
+//! with the stale guard (core's [`Version::replaces`]) leaves exactly the state of applying
+//! only the *winner*: the last event among those with the greatest version. So each batch
 //! is collapsed to one write per id; the writes touch distinct ids, commute, and can go out as
 //! one unordered command. Losers are reported as *superseded* (an earlier event overwritten by
 //! a later one in the same batch) or *stale* (an event older than one before it).
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
-use leafsync_core::ImageId;
+use leafsync_core::{ImageId, Version};
 
 /// What happened to an event that did not win its id within the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +30,17 @@ pub struct Collapsed {
     pub losers: Vec<(usize, Loser)>,
 }
 
-/// Collapses the `(id, updated_at)` versions of a batch's events (in partition order) to the
-/// newest event per id.
-pub fn collapse(versions: &[(ImageId, DateTime<Utc>)]) -> Collapsed {
+/// Collapses the `(id, version)` of a batch's events (in partition order) to the newest event
+/// per id.
+pub fn collapse(versions: &[(ImageId, Version)]) -> Collapsed {
     let mut best: HashMap<ImageId, usize> = HashMap::with_capacity(versions.len());
     let mut losers = Vec::new();
-    for (i, &(id, updated_at)) in versions.iter().enumerate() {
+    for (i, &(id, version)) in versions.iter().enumerate() {
         match best.get_mut(&id) {
             None => {
                 best.insert(id, i);
             }
-            Some(w) if updated_at >= versions[*w].1 => {
+            Some(w) if version.replaces(versions[*w].1) => {
                 losers.push((*w, Loser::Superseded));
                 *w = i;
             }
@@ -57,11 +56,15 @@ pub fn collapse(versions: &[(ImageId, DateTime<Utc>)]) -> Collapsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
     use leafsync_core::ImageEvent;
     use proptest::prelude::*;
 
-    fn versions(events: &[ImageEvent]) -> Vec<(ImageId, DateTime<Utc>)> {
-        events.iter().map(|e| (e.id, e.updated_at)).collect()
+    fn versions(events: &[ImageEvent]) -> Vec<(ImageId, Version)> {
+        events
+            .iter()
+            .map(|e| (e.id, Version::of(e.updated_at)))
+            .collect()
     }
 
     fn ev(id: i64, secs: i64, label: &str) -> ImageEvent {
@@ -102,7 +105,9 @@ mod tests {
         );
     }
 
-    /// The stale-guarded store, applied one event at a time: the reference semantics.
+    /// The stale-guarded store, applied one event at a time: the reference semantics, written
+    /// out here from the rule's statement ("newest wins, later on ties") rather than through
+    /// `Version::replaces`, so that the property also checks the rule's implementation.
     fn apply_one_by_one(state: &mut HashMap<i64, ImageEvent>, e: &ImageEvent) {
         match state.get(&e.id.get()) {
             Some(cur) if cur.updated_at > e.updated_at => {}

@@ -4,10 +4,12 @@
 //! finish their batch within the drain deadline, then offsets are committed synchronously.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use leafsync_core::config::{ms, Config};
+use leafsync_kafka::ClientConfigExt as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -17,11 +19,13 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Emit, Rebalanced};
+use crate::input::Input;
 use crate::partition::PartitionTask;
 use crate::Shared;
 
@@ -42,6 +46,18 @@ pub struct WorkerContext {
     consumer: OnceLock<Weak<LeafConsumer>>,
     rt: Handle,
     tasks: Mutex<HashMap<(String, i32), PartitionHandle>>,
+    /// Set once shutdown has drained and committed: the rebalance that closing the consumer
+    /// runs (an unassign of everything) is then expected and has nothing left to do.
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("partitions", &self.tasks().len())
+            .field("closing", &self.closing.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkerContext {
@@ -51,6 +67,7 @@ impl WorkerContext {
             consumer: OnceLock::new(),
             rt,
             tasks: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -76,8 +93,7 @@ impl WorkerContext {
             topic: topic.to_owned(),
             partition,
             image_type,
-            queue,
-            stragglers: rx,
+            input: Input::new(rx, queue),
             consumer: consumer.clone(),
             shared: self.shared.clone(),
             stop: stop.clone(),
@@ -137,7 +153,8 @@ impl WorkerContext {
             return;
         }
         let deadline = ms(self.shared.config.worker.drain_timeout_ms);
-        // Callbacks run inside the consumer's poll, on a runtime worker thread.
+        // Callbacks run inside the consumer's poll, on a runtime worker thread; `run` checked
+        // that the runtime is multi-threaded, which `block_in_place` requires.
         tokio::task::block_in_place(|| self.rt.block_on(drain(handles, deadline)));
     }
 }
@@ -190,16 +207,11 @@ impl ClientContext for WorkerContext {
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Revoke(_) if self.closing.load(Ordering::Relaxed) => {
+                tracing::debug!("consumer closing: final unassign");
+            }
             Rebalance::Revoke(tpl) => {
-                self.shared
-                    .metrics
-                    .rebalances
-                    .with_label_values(&["revoke"])
-                    .inc();
-                tracing::info!(
-                    partitions = tpl.count(),
-                    "partitions revoked; draining them"
-                );
+                Rebalanced::Revoked(&names(tpl)).emit(&self.shared.metrics);
                 let handles = self.take(Some(tpl));
                 self.drain_blocking(handles);
                 if !base.assignment_lost() {
@@ -212,26 +224,23 @@ impl ConsumerContext for WorkerContext {
     }
 
     fn post_rebalance(&self, _base: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.shared.health.set_joined();
-            self.shared
-                .metrics
-                .rebalances
-                .with_label_values(&["assign"])
-                .inc();
-            let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
-                tracing::error!("consumer gone during assignment");
-                return;
-            };
-            let parts: Vec<String> = tpl
-                .elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect();
-            tracing::info!(partitions = ?parts, "partitions assigned");
-            for e in tpl.elements() {
-                self.start_partition(&consumer, e.topic(), e.partition());
-            }
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        // Any assignment, even an empty one (a member with nothing to own), means joined.
+        self.shared.health.set_joined();
+        if tpl.count() == 0 {
+            // Cooperative rebalances that give this worker nothing new end with an empty assign.
+            return;
+        }
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            // Only possible while the consumer is being dropped, i.e. after shutdown.
+            tracing::debug!("assignment while the consumer is closing; ignored");
+            return;
+        };
+        Rebalanced::Assigned(&names(tpl)).emit(&self.shared.metrics);
+        for e in tpl.elements() {
+            self.start_partition(&consumer, e.topic(), e.partition());
         }
     }
 
@@ -244,6 +253,14 @@ impl ConsumerContext for WorkerContext {
             }
         }
     }
+}
+
+/// `topic/partition` of each element, for logs.
+fn names(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect()
 }
 
 fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
@@ -285,6 +302,12 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
 
 /// Joins the group and syncs until `shutdown`; then drains, commits and leaves.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The revoke callback drains partition tasks with `block_in_place`, which panics on a
+    // current-thread runtime.
+    anyhow::ensure!(
+        Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread,
+        "the worker needs a multi-thread tokio runtime (its revoke callback blocks in place)"
+    );
     let cfg = &shared.config;
     let ctx = WorkerContext::new(shared.clone(), Handle::current());
     let consumer: Arc<LeafConsumer> =
@@ -312,9 +335,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
 
     tracing::info!("shutting down: finishing in-flight batches");
     lag.abort();
+    // The lag task holds a reference to the consumer: wait until it is gone, so that the drop
+    // below is the last one and the consumer closes here, before "worker stopped".
+    let _ = lag.await;
     let handles = consumer.context().take(None);
     drain(handles, ms(cfg.worker.drain_timeout_ms)).await;
     commit(consumer.as_ref(), "shutdown");
+    consumer.context().closing.store(true, Ordering::Relaxed);
     // Dropping the last reference closes the consumer, which leaves the group (unless static
     // membership is configured, which keeps the assignment for a restart).
     tokio::task::spawn_blocking(move || drop(consumer)).await?;

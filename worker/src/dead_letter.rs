@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use leafsync_core::config::{ms, Config};
+use leafsync_kafka::ClientConfigExt as _;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::backoff::Backoff;
+use crate::backoff::{retry_forever, Backoff};
+use crate::events::{DeadLettered, Emit, Source};
 use crate::metrics::Metrics;
 
 /// Header names written on every dead-lettered message.
@@ -35,6 +37,15 @@ pub struct DeadLetter {
     worker_id: String,
     initial_backoff: Duration,
     max_backoff: Duration,
+}
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("topic", &self.topic)
+            .field("worker_id", &self.worker_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DeadLetter {
@@ -82,8 +93,7 @@ impl DeadLetter {
                 value: Some(value.as_bytes()),
             });
         }
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        loop {
+        let record = || {
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.topic).headers(headers.clone());
             if let Some(k) = msg.key() {
@@ -92,32 +102,31 @@ impl DeadLetter {
             if let Some(v) = msg.payload() {
                 record = record.payload(v);
             }
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => {
-                    metrics
-                        .dead_lettered
-                        .with_label_values(&[msg.topic(), kind])
-                        .inc();
-                    tracing::warn!(
-                        topic = msg.topic(),
-                        partition = msg.partition(),
-                        offset = msg.offset(),
-                        kind,
-                        reason,
-                        outcome = "dead_lettered",
-                        "event dead-lettered"
-                    );
-                    return;
-                }
-                Err((e, _)) => {
-                    metrics
-                        .retries
-                        .with_label_values(&["dead_letter", "transient"])
-                        .inc();
-                    tracing::warn!(error = %e, attempt = backoff.attempts(), "dead-letter produce failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
+            record
+        };
+        let backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        retry_forever(
+            "dead_letter",
+            backoff,
+            metrics,
+            |_| "transient",
+            || async {
+                self.producer
+                    .send(record(), Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+            },
+        )
+        .await;
+        DeadLettered {
+            at: Source {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+            },
+            kind,
+            reason,
         }
+        .emit(metrics);
     }
 }

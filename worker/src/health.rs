@@ -16,6 +16,14 @@ pub struct Health {
     pub database: CachedCheck,
 }
 
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("joined", &self.joined())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Self {

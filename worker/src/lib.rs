@@ -2,8 +2,10 @@
 //! consumer database equal to the newest state of every image.
 //!
 //! Where things happen: [`consumer`] (group membership, partition ownership, commit on revoke
-//! and shutdown), [`partition`] (one task per partition: gather, decode, write, store offset),
-//! [`batch`] (collapsing a batch to the newest event per id), [`dead_letter`] (bad events),
+//! and shutdown), [`input`] (a partition's messages, in order), [`plan`] (a batch decoded,
+//! checked and collapsed: pure), [`batch`] (the collapse to the newest event per id),
+//! [`partition`] (one task per partition: gather, plan, settle: write, dead-letter, store the
+//! offset), [`dead_letter`] (bad events), [`events`] (what is logged and counted),
 //! [`admin`] (`/live`, `/ready`, `/metrics`).
 
 pub mod admin;
@@ -11,10 +13,13 @@ pub mod backoff;
 pub mod batch;
 pub mod consumer;
 pub mod dead_letter;
+pub mod events;
 pub mod health;
+pub mod input;
 pub mod lag;
 pub mod metrics;
 pub mod partition;
+pub mod plan;
 pub mod replay;
 
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use leafsync_core::{Config, ImageType, Store};
 use tokio_util::sync::CancellationToken;
 
 /// Process-wide state shared by the consumer callbacks, the partition tasks and the admin port.
+#[derive(Debug)]
 pub struct Shared {
     /// Effective configuration.
     pub config: Config,

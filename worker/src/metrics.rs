@@ -1,8 +1,12 @@
-//! The worker's Prometheus metrics. Each observable event has one method that both counts and
-//! logs, so logs and metrics never drift apart.
+//! The worker's Prometheus metrics. Only the structs in [`crate::events`] touch them: each
+//! observable event both counts and logs there, so logs and metrics never drift apart.
+#![allow(clippy::expect_used)] // fixed metric names and labels: a failure is a programming error
 
+use std::collections::HashSet;
+
+use prometheus::core::Collector;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Metric handles, registered in their own registry.
@@ -30,6 +34,16 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Events whose key hashes to another partition than the one they arrived on.
     pub misrouted: IntCounterVec,
+    /// Partition rewinds after a message arrived out of order.
+    pub rewinds: IntCounterVec,
+    /// Failed lag measurements (the gauge keeps its last value).
+    pub lag_errors: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -47,8 +61,12 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 
 impl Metrics {
     /// Creates and registers every metric.
-    #[allow(clippy::expect_used)] // fixed names and labels: a failure is a programming error
     pub fn new() -> Self {
+        let lag_errors = IntCounter::new(
+            "leafsync_worker_lag_errors_total",
+            "Failed consumer-lag measurements; the gauge keeps its last good value",
+        )
+        .expect("valid metric");
         let r = Registry::new();
         let latency = vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -127,8 +145,40 @@ impl Metrics {
                 "Events whose key's murmur3 partition is not the partition they arrived on",
                 &["topic"],
             ),
+            rewinds: counter(
+                &r,
+                "leafsync_worker_rewinds_total",
+                "Partition rewinds after a message reached its task out of order",
+                &["topic"],
+            ),
+            lag_errors: {
+                r.register(Box::new(lag_errors.clone()))
+                    .expect("unique metric");
+                lag_errors
+            },
             registry: r,
         }
+    }
+
+    /// The `(topic, partition)` label sets the lag gauge currently shows.
+    pub fn lag_partitions(&self) -> HashSet<(String, i32)> {
+        let mut out = HashSet::new();
+        for family in self.consumer_lag.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                if let (Some(t), Some(p)) = (label("topic"), label("partition")) {
+                    if let Ok(p) = p.parse() {
+                        out.insert((t, p));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The exposition text for `/metrics`.

@@ -1,41 +1,47 @@
-//! One task per assigned partition: gather a micro-batch, decode, dead-letter the bad events,
-//! write the rest in one stale-guarded command, and only then store the offset. Events of one
-//! partition are handled strictly in order; partitions run in parallel.
+//! One task per assigned partition: gather a micro-batch from the partition's [`Input`], turn
+//! it into a [`Plan`] (pure), then *settle* it: dead-letter the refused events, write the rest
+//! in one stale-guarded command, dead-letter what the database refused, and only then store the
+//! offset. Events of one partition are handled strictly in order; partitions run in parallel.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use leafsync_core::config::ms;
-use leafsync_core::document::Projection;
-use leafsync_core::kafka_admin::partition_count_via;
-use leafsync_core::partitioner::partition_for_key;
-use leafsync_core::{trace_context, ImageEvent, ImageId, ImageType, WriteOutcome};
+use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, WriteResult};
+use leafsync_kafka::admin::partition_count_via;
+use leafsync_kafka::trace_context;
 use mongodb::bson::RawDocumentBuf;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use rdkafka::Offset;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::backoff::Backoff;
-use crate::batch::{collapse, Loser};
+use crate::backoff::{retry_forever, Backoff};
 use crate::consumer::{LeafConsumer, WorkerContext};
+use crate::events::{
+    BatchReceived, BatchSettled, Emit, EventSettled, EventVisible, Misrouted, OffsetNotStored,
+    Rewound, Source,
+};
+use crate::input::{Input, Next};
+use crate::plan::{plan, Consumed, Plan, Rules};
 use crate::Shared;
 
 /// Partition counts of the consumed topics, shared by the partition tasks: one metadata
 /// request per topic instead of one per partition (each is a blocking call, and a burst of them
 /// at assignment would start a thread apiece). Entries expire so an added partition is noticed.
-#[derive(Default)]
-pub struct PartitionCounts(tokio::sync::Mutex<HashMap<String, (Instant, Option<u32>)>>);
+#[derive(Debug, Default)]
+pub struct PartitionCounts(tokio::sync::Mutex<HashMap<String, (Instant, Option<NonZeroU32>)>>);
 
 impl PartitionCounts {
     const TTL: Duration = Duration::from_secs(60);
 
-    async fn get(&self, consumer: &Arc<LeafConsumer>, topic: &str) -> Option<u32> {
+    async fn get(&self, consumer: &Arc<LeafConsumer>, topic: &str) -> Option<NonZeroU32> {
         // Held across the request on purpose: tasks of the same topic wait for one answer.
         let mut cache = self.0.lock().await;
         if let Some((at, n)) = cache.get(topic) {
@@ -50,7 +56,7 @@ impl PartitionCounts {
         .await
         .ok()
         .flatten()
-        .filter(|&n| n > 0);
+        .and_then(NonZeroU32::new);
         cache.insert(topic.to_owned(), (Instant::now(), n));
         n
     }
@@ -64,11 +70,9 @@ pub struct PartitionTask {
     pub partition: i32,
     /// The image type of the topic.
     pub image_type: ImageType,
-    /// The partition's own message queue, split from the consumer.
-    pub queue: StreamPartitionQueue<WorkerContext>,
-    /// Messages of this partition that reached the main queue before the split.
-    pub stragglers: mpsc::UnboundedReceiver<OwnedMessage>,
-    /// For storing offsets.
+    /// The partition's messages, in order (split queue plus stragglers).
+    pub input: Input<OwnedMessage, StreamPartitionQueue<WorkerContext>>,
+    /// For storing offsets and rewinding.
     pub consumer: Arc<LeafConsumer>,
     /// Process-wide state.
     pub shared: Arc<Shared>,
@@ -76,62 +80,24 @@ pub struct PartitionTask {
     pub stop: CancellationToken,
 }
 
-/// What happened to one event of a batch; each has a counter and a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Inserted,
-    Updated,
-    Unchanged,
-    Stale,
-    Superseded,
-    DeadLettered,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 6] = [
-        Outcome::Inserted,
-        Outcome::Updated,
-        Outcome::Unchanged,
-        Outcome::Stale,
-        Outcome::Superseded,
-        Outcome::DeadLettered,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Inserted => "inserted",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Stale => "stale",
-            Outcome::Superseded => "superseded",
-            Outcome::DeadLettered => "dead_lettered",
-        }
+impl std::fmt::Debug for PartitionTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionTask")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
     }
 }
 
-/// Per-batch outcome counts, for the summary line and metrics.
-#[derive(Debug, Default)]
-struct Counts([u64; Outcome::ALL.len()]);
-
-impl Counts {
-    fn add(&mut self, outcome: Outcome) {
-        self.0[outcome as usize] += 1;
-    }
-
-    fn get(&self, outcome: Outcome) -> u64 {
-        self.0[outcome as usize]
-    }
-}
-
-/// A decoded event of the batch, held as raw BSON until written: the smallest form, and the
-/// one that goes on the wire.
-struct Decoded {
-    /// Index of its message in the batch.
-    msg: usize,
-    id: ImageId,
-    updated_at: DateTime<Utc>,
-    /// Moved out (leaving an empty buffer) when the event wins its id.
-    doc: RawDocumentBuf,
+/// What [`PartitionTask::gather`] ends with.
+enum Gathered {
+    /// A batch, with the in-flight permit to hold until it is written.
+    Batch(Vec<OwnedMessage>, Option<OwnedSemaphorePermit>),
+    /// A message arrived out of order; the batch in hand was dropped (not written, its offset
+    /// not stored). Rewind the partition to this offset.
+    Rewind { to: i64, seen: i64 },
+    /// Stopped with nothing in hand.
+    Stopped,
 }
 
 impl PartitionTask {
@@ -139,18 +105,24 @@ impl PartitionTask {
     pub async fn run(mut self) {
         tracing::info!(topic = %self.topic, partition = self.partition, "partition task started");
         let partitions_in_topic = self.partition_count().await;
-        let projection = self.shared.config.types.projection(self.image_type);
-        let collection = self
-            .shared
-            .config
-            .types
-            .get(self.image_type)
-            .collection
-            .clone();
-        while let Some((batch, _permit)) = self.gather().await {
-            // The permit is released when this iteration ends, after the write.
-            self.process(batch, &collection, &projection, partitions_in_topic)
-                .await;
+        let types = &self.shared.config.types;
+        let projection = types.projection(self.image_type);
+        let collection = types.get(self.image_type).collection.clone();
+        loop {
+            match self.gather().await {
+                Gathered::Batch(batch, _permit) => {
+                    // The permit is released when this arm ends, after the write.
+                    let rules = Rules {
+                        partition: self.partition,
+                        partitions_in_topic,
+                        projection: &projection,
+                        max_event_bytes: self.shared.config.worker.max_event_bytes,
+                    };
+                    self.process(&batch, &collection, &rules).await;
+                }
+                Gathered::Rewind { to, seen } => self.rewind(to, seen).await,
+                Gathered::Stopped => break,
+            }
             if self.stop.is_cancelled() {
                 break;
             }
@@ -159,7 +131,7 @@ impl PartitionTask {
     }
 
     /// The topic's partition count, for spotting misrouted events (`None` if unknown).
-    async fn partition_count(&self) -> Option<u32> {
+    async fn partition_count(&self) -> Option<NonZeroU32> {
         let n = self
             .shared
             .partition_counts
@@ -171,37 +143,33 @@ impl PartitionTask {
         n
     }
 
-    async fn next(&mut self) -> OwnedMessage {
-        if let Ok(m) = self.stragglers.try_recv() {
-            return m;
-        }
-        loop {
-            match self.queue.recv().await {
-                Ok(m) => return m.detach(),
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "partition consume error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
+    /// The next message in order, or the offset to rewind to.
+    async fn next(&mut self) -> Result<OwnedMessage, (i64, i64)> {
+        match self.input.next().await {
+            Next::InOrder(m) => Ok(m),
+            Next::Late { message, seen } => Err((message.offset(), seen)),
         }
     }
 
     /// Up to `batch.max_events` messages, or what arrived within `batch.max_wait_ms` of the
-    /// first one, with the in-flight permit to hold until written. `None` when stopped with
-    /// nothing in hand.
-    async fn gather(&mut self) -> Option<(Vec<OwnedMessage>, Option<OwnedSemaphorePermit>)> {
+    /// first one, with the in-flight permit to hold until written.
+    async fn gather(&mut self) -> Gathered {
         let stop = self.stop.clone();
         let first = tokio::select! {
             biased;
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Gathered::Stopped,
             m = self.next() => m,
+        };
+        let first = match first {
+            Ok(m) => m,
+            Err((to, seen)) => return Gathered::Rewind { to, seen },
         };
         // Only partitions holding a permit gather a full batch; the rest wait with their events
         // still queued in librdkafka, which bounds the worker's memory.
         let permit = tokio::select! {
             biased;
             // Stopping: handle the one event in hand without waiting for a permit.
-            () = stop.cancelled() => return Some((vec![first], None)),
+            () = stop.cancelled() => return Gathered::Batch(vec![first], None),
             p = self.shared.in_flight.clone().acquire_owned() => p.ok(),
         };
         let max = self.shared.config.worker.batch.max_events;
@@ -214,26 +182,194 @@ impl PartitionTask {
                 biased;
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep_until(deadline) => break,
-                m = self.next() => batch.push(m),
+                m = self.next() => match m {
+                    Ok(m) => batch.push(m),
+                    Err((to, seen)) => return Gathered::Rewind { to, seen },
+                },
             }
         }
-        Some((batch, permit))
+        Gathered::Batch(batch, permit)
     }
 
-    async fn process(
-        &self,
-        batch: Vec<OwnedMessage>,
-        collection: &str,
-        projection: &Projection,
-        partitions_in_topic: Option<u32>,
-    ) {
+    /// Seeks the partition back to `to` (retrying until librdkafka accepts), so the late
+    /// message and everything after it come again, in order.
+    async fn rewind(&mut self, to: i64, seen: i64) {
+        Rewound {
+            at: self.source(to),
+            seen,
+        }
+        .emit(&self.shared.metrics);
+        let retry = &self.shared.config.worker.retry;
+        let backoff = Backoff::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms));
+        retry_forever(
+            "seek",
+            backoff,
+            &self.shared.metrics,
+            |_| "transient",
+            || {
+                let (c, topic, partition) =
+                    (self.consumer.clone(), self.topic.clone(), self.partition);
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        c.seek(
+                            &topic,
+                            partition,
+                            Offset::Offset(to),
+                            Duration::from_secs(5),
+                        )
+                        .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                }
+            },
+        )
+        .await;
+        self.input.rewound();
+    }
+
+    fn source(&self, offset: i64) -> Source<'_> {
+        Source {
+            topic: &self.topic,
+            partition: self.partition,
+            offset,
+        }
+    }
+
+    /// Plans the batch, then settles the plan, inside the batch's span.
+    async fn process(&self, batch: &[OwnedMessage], collection: &str, rules: &Rules<'_>) {
+        let started = Instant::now();
+        self.shared
+            .health
+            .set_busy(&self.topic, self.partition, true);
+        let span = self.batch_span(batch);
+        let consumed: Vec<Consumed<'_>> = batch
+            .iter()
+            .map(|m| Consumed {
+                offset: m.offset(),
+                key: m.key(),
+                payload: m.payload(),
+            })
+            .collect();
+        let plan = plan(&consumed, rules);
+        drop(consumed);
+        let counts = self
+            .settle(batch, plan, collection)
+            .instrument(span.clone())
+            .await;
+        for (outcome, n) in counts.iter() {
+            span.record(format!("leafsync.{}", outcome.label()).as_str(), n);
+        }
+        BatchSettled {
+            topic: &self.topic,
+            partition: self.partition,
+            offsets: (
+                batch.first().map_or(0, Message::offset),
+                batch.last().map_or(0, Message::offset),
+            ),
+            counts: &counts,
+            elapsed: started.elapsed(),
+        }
+        .emit(&self.shared.metrics);
+        self.shared
+            .health
+            .set_busy(&self.topic, self.partition, false);
+    }
+
+    /// Carries out `plan`: dead letters, the write, dead letters for what the database refused,
+    /// outcomes, and finally the stored offset. Returns the outcome counts.
+    async fn settle(&self, batch: &[OwnedMessage], plan: Plan, collection: &str) -> OutcomeCounts {
         let shared = &self.shared;
         let m = &shared.metrics;
-        let topic = self.topic.as_str();
-        let started = Instant::now();
-        shared.health.set_busy(topic, self.partition, true);
-        let mut counts = Counts::default();
+        let mut counts = OutcomeCounts::default();
+        BatchReceived {
+            topic: &self.topic,
+            len: batch.len(),
+            bytes: plan.bytes,
+        }
+        .emit(m);
+        for &i in &plan.misrouted {
+            Misrouted {
+                at: self.source(batch[i].offset()),
+                key: batch[i].key().unwrap_or_default(),
+            }
+            .emit(m);
+        }
+        for r in &plan.refusals {
+            shared
+                .dead_letter
+                .send(&batch[r.msg], r.kind, &r.reason, m)
+                .await;
+            self.settled(&mut counts, &batch[r.msg], None, Outcome::DeadLettered);
+        }
+        let (index, docs): (Vec<_>, Vec<RawDocumentBuf>) = plan
+            .writes
+            .into_iter()
+            .map(|w| ((w.msg, w.id), w.doc))
+            .unzip();
+        let results = self.write(collection, &docs).await;
+        drop(docs);
+        let acked_ms = chrono::Utc::now().timestamp_millis();
+        for (&(i, id), result) in index.iter().zip(results) {
+            let msg = &batch[i];
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(Rejected { code, message }) => {
+                    let reason = format!("MongoDB refused the document (code {code}): {message}");
+                    shared
+                        .dead_letter
+                        .send(msg, "rejected_by_database", &reason, m)
+                        .await;
+                    Outcome::DeadLettered
+                }
+            };
+            if let (true, Some(ts)) = (outcome.is_visible(), msg.timestamp().to_millis()) {
+                EventVisible {
+                    topic: &self.topic,
+                    latency: Duration::from_millis((acked_ms - ts).max(0).unsigned_abs()),
+                }
+                .emit(m);
+            }
+            self.settled(&mut counts, msg, Some(id), outcome);
+        }
+        for &(i, id, outcome) in &plan.skipped {
+            self.settled(&mut counts, &batch[i], Some(id), outcome);
+        }
+        // Every event of the batch is now written or dead-lettered: only now may the offset move.
+        if let Some(last) = plan.store_offset {
+            if let Err(e) = self
+                .consumer
+                .store_offset(&self.topic, self.partition, last)
+            {
+                OffsetNotStored {
+                    at: self.source(last),
+                    error: &e.to_string(),
+                }
+                .emit(m);
+            }
+        }
+        counts
+    }
 
+    fn settled(
+        &self,
+        counts: &mut OutcomeCounts,
+        msg: &OwnedMessage,
+        id: Option<leafsync_core::ImageId>,
+        outcome: Outcome,
+    ) {
+        counts.add(outcome);
+        EventSettled {
+            at: self.source(msg.offset()),
+            id,
+            outcome,
+        }
+        .emit(&self.shared.metrics);
+    }
+
+    /// The batch's span: a consumer span linked to each message's producer trace.
+    fn batch_span(&self, batch: &[OwnedMessage]) -> tracing::Span {
+        let topic = self.topic.as_str();
         let span = tracing::info_span!(
             "leafsync.batch",
             otel.name = format!("process {topic}"),
@@ -252,213 +388,42 @@ impl PartitionTask {
             leafsync.superseded = tracing::field::Empty,
             leafsync.dead_lettered = tracing::field::Empty,
         );
-
-        let mut good: Vec<Decoded> = Vec::with_capacity(batch.len());
-        for (i, msg) in batch.iter().enumerate() {
-            let bytes = msg.payload().map_or(0, <[u8]>::len) as u64;
-            m.event_bytes.with_label_values(&[topic]).inc_by(bytes);
-            if let (Some(key), Some(n)) = (msg.key(), partitions_in_topic) {
-                if partition_for_key(key, n) != self.partition {
-                    m.misrouted.with_label_values(&[topic]).inc();
-                    tracing::warn!(topic, partition = self.partition, offset = msg.offset(),
-                        key = %String::from_utf8_lossy(key), "misrouted event: its key hashes to another partition (producer bug; per-image ordering is not guaranteed)");
-                }
-            }
+        for msg in batch {
             if let Some(sc) = trace_context::extract(msg.headers().map(|h| h.as_borrowed())) {
                 span.add_link(sc);
             }
-            let decoded = ImageEvent::decode_message(
-                msg.key(),
-                msg.payload(),
-                shared.config.worker.max_event_bytes,
-            )
-            .map_err(|e| (e.kind(), e.to_string()))
-            .and_then(|e| match e.to_raw_document(projection) {
-                Ok(doc) => Ok(Decoded {
-                    msg: i,
-                    id: e.id,
-                    updated_at: e.updated_at,
-                    doc,
-                }),
-                // The decoder refuses what BSON cannot hold; this is the backstop.
-                Err(err) => Err(("unstorable", format!("cannot encode as BSON: {err}"))),
-            });
-            match decoded {
-                Ok(d) => good.push(d),
-                Err((kind, reason)) => {
-                    shared.dead_letter.send(msg, kind, &reason, m).await;
-                    counts.add(Outcome::DeadLettered);
-                }
-            }
         }
-
-        let versions: Vec<(ImageId, DateTime<Utc>)> =
-            good.iter().map(|d| (d.id, d.updated_at)).collect();
-        let collapsed = collapse(&versions);
-        // Winners are distinct indexes, so each document is moved out exactly once; the losers'
-        // documents are dropped now rather than held through the write.
-        let docs: Vec<RawDocumentBuf> = collapsed
-            .winners
-            .iter()
-            .map(|&w| std::mem::take(&mut good[w].doc))
-            .collect();
-        for &(l, _) in &collapsed.losers {
-            drop(std::mem::take(&mut good[l].doc));
-        }
-        let outcomes = if docs.is_empty() {
-            Vec::new()
-        } else {
-            self.write(collection, &docs).instrument(span.clone()).await
-        };
-        let acked_ms = chrono::Utc::now().timestamp_millis();
-
-        for (&w, written) in collapsed.winners.iter().zip(&outcomes) {
-            let d = &good[w];
-            let msg = &batch[d.msg];
-            let outcome = match written {
-                WriteOutcome::Rejected { code, message } => {
-                    let reason = format!("MongoDB refused the document (code {code}): {message}");
-                    shared
-                        .dead_letter
-                        .send(msg, "rejected_by_database", &reason, m)
-                        .await;
-                    Outcome::DeadLettered
-                }
-                WriteOutcome::Inserted => Outcome::Inserted,
-                WriteOutcome::Updated => Outcome::Updated,
-                WriteOutcome::Unchanged => Outcome::Unchanged,
-                WriteOutcome::Stale => Outcome::Stale,
-            };
-            if outcome != Outcome::DeadLettered {
-                if let Some(ts) = msg.timestamp().to_millis() {
-                    let secs = (acked_ms - ts).max(0) as f64 / 1000.0;
-                    m.e2e_latency_seconds
-                        .with_label_values(&[topic])
-                        .observe(secs);
-                }
-            }
-            counts.add(outcome);
-            self.log_event(msg.offset(), d.id, outcome);
-        }
-        for &(l, loser) in &collapsed.losers {
-            let outcome = match loser {
-                Loser::Superseded => Outcome::Superseded,
-                Loser::Stale => Outcome::Stale,
-            };
-            counts.add(outcome);
-            let d = &good[l];
-            self.log_event(batch[d.msg].offset(), d.id, outcome);
-        }
-
-        for outcome in Outcome::ALL {
-            let n = counts.get(outcome);
-            if n > 0 {
-                m.events
-                    .with_label_values(&[topic, outcome.label()])
-                    .inc_by(n);
-            }
-            span.record(format!("leafsync.{}", outcome.label()).as_str(), n);
-        }
-        m.batch_size
-            .with_label_values(&[topic])
-            .observe(batch.len() as f64);
-        m.batch_write_seconds
-            .with_label_values(&[topic])
-            .observe(started.elapsed().as_secs_f64());
-
-        // Every event of the batch is now written or dead-lettered: only now may the offset move.
-        if let Some(last) = batch.last() {
-            if let Err(e) = self
-                .consumer
-                .store_offset(topic, self.partition, last.offset())
-            {
-                tracing::warn!(topic, partition = self.partition, error = %e, "cannot store offset (partition no longer assigned?); the batch will be redelivered and replayed idempotently");
-            }
-        }
-        shared.health.set_busy(topic, self.partition, false);
-        tracing::info!(
-            topic,
-            partition = self.partition,
-            first_offset = batch.first().map_or(0, Message::offset),
-            last_offset = batch.last().map_or(0, Message::offset),
-            batch_len = batch.len(),
-            inserted = counts.get(Outcome::Inserted),
-            updated = counts.get(Outcome::Updated),
-            unchanged = counts.get(Outcome::Unchanged),
-            stale = counts.get(Outcome::Stale),
-            superseded = counts.get(Outcome::Superseded),
-            dead_lettered = counts.get(Outcome::DeadLettered),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "batch done"
-        );
-    }
-
-    fn log_event(&self, offset: i64, id: ImageId, outcome: Outcome) {
-        tracing::debug!(
-            topic = %self.topic,
-            partition = self.partition,
-            offset,
-            image_id = id.get(),
-            outcome = outcome.label(),
-            "event"
-        );
+        span
     }
 
     /// Writes with retries until the database acknowledges: a database outage holds this
     /// partition (nothing committed past it) but never loses or skips an event.
-    async fn write(&self, collection: &str, docs: &[RawDocumentBuf]) -> Vec<WriteOutcome> {
+    async fn write(&self, collection: &str, docs: &[RawDocumentBuf]) -> Vec<WriteResult> {
+        if docs.is_empty() {
+            return Vec::new();
+        }
         let retry = &self.shared.config.worker.retry;
-        let mut backoff = Backoff::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms));
-        loop {
-            let span = tracing::info_span!(
-                "mongodb.update",
-                otel.name = format!("update {collection}"),
-                otel.kind = "client",
-                db.system = "mongodb",
-                db.namespace = %self.shared.config.mongo.database,
-                db.collection.name = collection,
-                db.operation.name = "update",
-                db.operation.batch.size = docs.len(),
-            );
-            match self
-                .shared
-                .store
-                .write_batch(collection, docs)
-                .instrument(span)
-                .await
-            {
-                Ok(outcomes) => return outcomes,
-                Err(e) => {
-                    self.shared
-                        .metrics
-                        .retries
-                        .with_label_values(&["database_write", e.class.as_str()])
-                        .inc();
-                    tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, attempt = backoff.attempts(),
-                        "database write failed; retrying (offsets held)");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_outcome_has_its_own_counter_and_label() {
-        let mut counts = Counts::default();
-        for (n, o) in Outcome::ALL.into_iter().enumerate() {
-            for _ in 0..=n {
-                counts.add(o);
-            }
-        }
-        for (n, o) in Outcome::ALL.into_iter().enumerate() {
-            assert_eq!(counts.get(o), n as u64 + 1, "{o:?}");
-        }
-        let labels: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.label()).collect();
-        assert_eq!(labels.len(), Outcome::ALL.len());
+        let backoff = Backoff::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms));
+        let store = &self.shared.store;
+        retry_forever(
+            "database_write",
+            backoff,
+            &self.shared.metrics,
+            |e: &leafsync_core::StoreError| e.class.as_str(),
+            || {
+                let span = tracing::info_span!(
+                    "mongodb.update",
+                    otel.name = format!("update {collection}"),
+                    otel.kind = "client",
+                    db.system = "mongodb",
+                    db.namespace = %self.shared.config.mongo.database,
+                    db.collection.name = collection,
+                    db.operation.name = "update",
+                    db.operation.batch.size = docs.len(),
+                );
+                store.write_batch(collection, docs).instrument(span)
+            },
+        )
+        .await
     }
 }

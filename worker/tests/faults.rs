@@ -1,5 +1,6 @@
 //! Server faults, each on a private stack so other tests are undisturbed: a database outage, a
 //! broker restart, and a SIGTERM mid-flood.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 mod common;
 
@@ -17,7 +18,8 @@ async fn database_outage_mid_flood_loses_nothing_and_dead_letters_nothing() {
     let mut expected = Expected::default();
     let events: Vec<_> = env.generator(5, 300).take(12_000).collect();
     env.produce(events[..4_000].to_vec(), &mut expected).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The outage hits a worker that is busy with the flood.
+    assert!(w.wait_events("", 1, Duration::from_secs(30)).await > 0);
 
     stack.stack("stop-mongo");
     let down = Instant::now();
@@ -53,8 +55,9 @@ async fn broker_restart_mid_flood_workers_reconnect_and_lose_nothing() {
     let mut expected = Expected::default();
     let events: Vec<_> = env.generator(6, 200).take(6_000).collect();
     env.produce(events[..3_000].to_vec(), &mut expected).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(w.wait_events("", 1, Duration::from_secs(30)).await > 0);
     stack.stack("stop-kafka");
+    // The outage itself: long enough for the worker's connections to fail and retry.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stack.stack("start-kafka");
     env.produce(events[3_000..].to_vec(), &mut expected).await;
@@ -70,10 +73,7 @@ async fn sigterm_mid_flood_drains_commits_and_exits_cleanly() {
     // A backlog first, so the signal lands while the worker is busy with it.
     env.produce(events[..20_000].to_vec(), &mut expected).await;
     let mut w = env.spawn_worker("w1", &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while w.events_total("").await < 2_000 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    w.wait_events("", 2_000, Duration::from_secs(30)).await;
     let t = Instant::now();
     w.signal("-TERM");
     let status = w.wait_exit(Duration::from_secs(15)).expect("exits");
@@ -97,10 +97,8 @@ async fn sigterm_mid_flood_drains_commits_and_exits_cleanly() {
     assert!(r.is_exact(), "{}", r.summary());
     let total = 30_000;
     let expect_second = (total - committed) as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while w2.events_total("").await < expect_second && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    w2.wait_events("", expect_second, Duration::from_secs(30))
+        .await;
     let redelivered = w2.events_total("").await as i64 - (total - committed);
     println!("sigterm after {took:?}: committed {committed} of {end}; redelivered after restart: {redelivered}");
     assert_eq!(

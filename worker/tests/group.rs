@@ -1,4 +1,5 @@
 //! Several workers in one group, scaling and crashes: no loss, exact final state.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 mod common;
 

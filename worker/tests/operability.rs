@@ -1,4 +1,5 @@
 //! What an operator relies on: replay, projection, no secrets in logs, metrics, traces.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::TestEnv;
 use leafsync_core::ImageId;
+use leafsync_kafka::ClientConfigExt as _;
 use leafsync_loadtest::expected::Expected;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -90,11 +92,12 @@ async fn replay_is_refused_while_workers_run_and_converges_after() {
     assert_eq!(env.committed_and_end().0, 0);
 
     let w2 = env.spawn_worker("w2", &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while w2.events_total("").await < 3_000 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(w2.events_total("").await, 3_000, "{}", w2.log_tail());
+    assert_eq!(
+        w2.wait_events("", 3_000, Duration::from_secs(60)).await,
+        3_000,
+        "{}",
+        w2.log_tail()
+    );
     assert_eq!(
         w2.events_total("outcome=\"inserted\"").await
             + w2.events_total("outcome=\"updated\"").await,
@@ -135,17 +138,21 @@ async fn projection_keeps_only_the_allowed_fields() {
     let mut keys: Vec<&str> = d.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["deleted", "id", "label", "name", "updated_at"]);
+    let (_, tomato_id) = expected
+        .images
+        .keys()
+        .find(|(t, _)| *t == leafsync_core::ImageType::Tomato)
+        .expect("the generator produced tomato images");
     let t = env
         .store
         .get(
             &env.config.types.tomato.collection,
-            ImageId::new(1).unwrap(),
+            ImageId::new(*tomato_id).unwrap(),
         )
         .await
-        .unwrap();
-    if let Some(t) = t {
-        assert!(t.contains_key("url"), "other types keep every field");
-    }
+        .unwrap()
+        .expect("a produced tomato image is stored");
+    assert!(t.contains_key("url"), "other types keep every field");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,7 +207,7 @@ async fn secrets_never_reach_the_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_expose_outcomes_lag_latency_and_misrouted_events() {
     let env = TestEnv::new().await;
-    let w = env.spawn_worker("w1", &[]);
+    let w = env.spawn_worker("w1", &[("LEAFSYNC__WORKER__LAG_INTERVAL_MS", "200")]);
     w.wait_ready(Duration::from_secs(30)).await;
     let mut expected = Expected::default();
     env.produce(env.generator(13, 100).take(2_000), &mut expected)
@@ -222,9 +229,18 @@ async fn metrics_expose_outcomes_lag_latency_and_misrouted_events() {
     expected.apply(leafsync_core::ImageType::Pepper, &misrouted);
     let r = env.wait_synced(&expected, Duration::from_secs(60)).await;
     assert!(r.is_exact(), "{}", r.summary());
-    tokio::time::sleep(Duration::from_secs(6)).await; // one lag measurement period
-    let (status, m) = w.get("/metrics").await.unwrap();
-    assert_eq!(status, 200);
+    // Written is not yet committed: wait until the lag gauges (every 200 ms) read zero.
+    let lag_sum = |m: &str| -> Option<i64> {
+        let lags: Vec<i64> = m
+            .lines()
+            .filter(|l| l.starts_with("leafsync_worker_consumer_lag{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .collect();
+        (lags.len() == 18).then(|| lags.iter().sum())
+    };
+    let m = w
+        .wait_metrics(Duration::from_secs(30), |m| lag_sum(m) == Some(0))
+        .await;
     let pepper = &env.config.types.pepper.topic;
     for needle in [
         "leafsync_worker_events_total{outcome=\"inserted\"",
@@ -239,12 +255,11 @@ async fn metrics_expose_outcomes_lag_latency_and_misrouted_events() {
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
-    let lag: i64 = m
-        .lines()
-        .filter(|l| l.starts_with("leafsync_worker_consumer_lag{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-        .sum();
-    assert_eq!(lag, 0, "caught up: high watermark − committed = 0");
+    assert_eq!(
+        lag_sum(&m),
+        Some(0),
+        "caught up: high watermark − committed = 0 on all 18 partitions"
+    );
     assert_eq!(w.get("/live").await.unwrap().0, 200);
 }
 
@@ -262,7 +277,10 @@ async fn a_traced_event_yields_a_linked_batch_span_with_a_db_child() {
         value: Some(format!("00-{trace_id}-00f067aa0ba902b7-01").as_bytes()),
     });
     let v = br#"{"id":7,"updated_at":"2030-01-01T00:00:00Z"}"#;
-    let partition = leafsync_core::partitioner::partition_for(ImageId::new(7).unwrap(), 6);
+    let partition = leafsync_core::partitioner::partition_for(
+        ImageId::new(7).unwrap(),
+        std::num::NonZeroU32::new(6).unwrap(),
+    );
     p.send(
         FutureRecord::to(&env.config.types.potato.topic)
             .key("7")

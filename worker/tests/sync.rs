@@ -1,4 +1,5 @@
 //! The worker keeps the database equal to the newest state of every image.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 mod common;
 

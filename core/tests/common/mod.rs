@@ -1,28 +1,23 @@
 //! Helpers for integration tests against the local stack (`scripts/stack up`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use leafsync_core::config::Config;
-
-/// A name no other test (or earlier run) uses: tests share one stack but never data.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}-{}-{nanos:x}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use leafsync_core::Store;
+use leafsync_testkit::{unique, Cleanup};
 
 /// The stack's config (from `LEAFSYNC__…` env, as `scripts/stack env` prints) with a fresh
-/// database.
-pub fn config() -> Config {
+/// database, and the guard that drops that database when the test ends.
+pub fn config() -> (Config, Cleanup) {
     let mut c = Config::load(None).expect("config from env");
-    c.mongo.database = unique("t").replace('-', "_");
+    c.mongo.database = unique("t");
     c.mongo.startup_timeout_ms = 15_000;
-    c
+    let mongo = c.mongo.clone();
+    let cleanup = Cleanup::new(format!("database {}", mongo.database), move || async move {
+        let store = Store::connect_lazy(&mongo, "leafsync-test-cleanup")
+            .await
+            .map_err(|e| e.to_string())?;
+        store.database().drop().await.map_err(|e| e.to_string())
+    });
+    (c, cleanup)
 }

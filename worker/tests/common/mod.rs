@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use leafsync_core::config::Config;
-use leafsync_core::kafka_admin::ensure_topics;
 use leafsync_core::{ImageType, Store};
+use leafsync_kafka::admin::{delete_topics, ensure_topics};
+use leafsync_kafka::ClientConfigExt as _;
 use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::generator::{GenConfig, Generated, Generator};
 use leafsync_loadtest::producer::EventProducer;
@@ -22,7 +23,27 @@ use rdkafka::message::{Headers, Message};
 
 pub const PARTITIONS: i32 = 6;
 
-pub use leafsync_testkit::{env_to_toml, free_port, unique, PrivateStack};
+pub use leafsync_testkit::{env_to_toml, free_port, unique, Cleanup, PrivateStack};
+
+/// Drops the test's database and deletes its topics (the stack may be a private one that is
+/// already gone: then there is nothing to clean).
+fn cleanup(config: &Config, topics: Vec<String>) -> Cleanup {
+    let config = config.clone();
+    Cleanup::new(
+        format!("database {}", config.mongo.database),
+        move || async move {
+            let store = Store::connect_lazy(&config.mongo, "leafsync-test-cleanup")
+                .await
+                .map_err(|e| e.to_string())?;
+            let db = store.database().drop().await.map_err(|e| e.to_string());
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let t = delete_topics(&config.kafka, &refs)
+                .await
+                .map_err(|e| e.to_string());
+            db.and(t)
+        },
+    )
+}
 
 /// One test's isolated slice of a stack: its own topics, group, dead-letter topic, database.
 pub struct TestEnv {
@@ -30,6 +51,8 @@ pub struct TestEnv {
     pub store: Store,
     pub name: String,
     overrides: Vec<(String, String)>,
+    /// Drops the database and deletes the topics when the test ends.
+    _cleanup: Cleanup,
 }
 
 impl TestEnv {
@@ -95,11 +118,13 @@ impl TestEnv {
         let store = Store::connect(&config.mongo, "leafsync-test")
             .await
             .expect("MongoDB up");
+        let _cleanup = cleanup(&config, topics);
         Self {
             config,
             store,
             name,
             overrides,
+            _cleanup,
         }
     }
 
@@ -279,6 +304,35 @@ impl Worker {
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
         wait_for_status(self.admin, "/ready", 200, timeout, || self.log_tail()).await;
+    }
+
+    /// Polls [`events_total`](Self::events_total) until it reaches `at_least` or `timeout`
+    /// passes; returns the last value (the caller asserts on it).
+    pub async fn wait_events(&self, filter: &str, at_least: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.events_total(filter).await;
+            if n >= at_least || Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `/metrics` until `check` accepts it or `timeout` passes; returns the last body.
+    pub async fn wait_metrics(&self, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = self
+                .get("/metrics")
+                .await
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            if check(&body) || Instant::now() >= deadline {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Sum of `leafsync_worker_events_total` samples whose labels contain `filter`.

@@ -1,11 +1,13 @@
 //! One event with headers through the real (stand-in) broker and a consumer group.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use leafsync_core::kafka_admin::{ensure_topics, partition_count};
 use leafsync_core::partitioner::partition_for;
 use leafsync_core::{Config, ImageId};
-use leafsync_testkit::unique;
+use leafsync_kafka::admin::{delete_topics, ensure_topics, partition_count};
+use leafsync_kafka::ClientConfigExt;
+use leafsync_testkit::{unique, Cleanup};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -13,7 +15,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 #[tokio::test]
 async fn produce_and_consume_one_event_with_headers_in_a_group() {
     let config = Config::load(None).unwrap();
-    let topic = unique("core-kafka");
+    let topic = unique("kafka");
+    let _cleanup = {
+        let (kafka, topic) = (config.kafka.clone(), topic.clone());
+        Cleanup::new(format!("topic {topic}"), move || async move {
+            delete_topics(&kafka, &[&topic])
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
     ensure_topics(&config.kafka, &[&topic], 6)
         .await
         .expect("broker up (scripts/stack up)");
@@ -26,7 +36,7 @@ async fn produce_and_consume_one_event_with_headers_in_a_group() {
     );
 
     let id = ImageId::new(2153).unwrap();
-    let partition = partition_for(id, 6);
+    let partition = partition_for(id, std::num::NonZeroU32::new(6).unwrap());
     let producer: FutureProducer = config.kafka.client_config().create().unwrap();
     let value = br#"{"id":2153,"updated_at":"2025-12-10T20:21:54.123Z"}"#;
     let headers = OwnedHeaders::new().insert(Header {
@@ -70,7 +80,7 @@ async fn produce_and_consume_one_event_with_headers_in_a_group() {
         h.value,
         Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".as_slice())
     );
-    let sc = leafsync_core::trace_context::extract(m.headers()).unwrap();
+    let sc = leafsync_kafka::trace_context::extract(m.headers()).unwrap();
     assert_eq!(
         sc.trace_id().to_string(),
         "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -3,27 +3,40 @@
 
 use std::time::Duration;
 
+use leafsync_core::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use crate::client::ClientConfigExt;
 
 /// A broker operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("Kafka {op} failed: {message}")]
-pub struct AdminError {
-    /// What was being done.
-    pub op: &'static str,
-    /// librdkafka's message.
-    pub message: String,
+pub enum AdminError {
+    /// The client could not be created or the request failed.
+    #[error("Kafka {op} failed: {source}")]
+    Client {
+        /// What was being done.
+        op: &'static str,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker refused to create a topic.
+    #[error("Kafka create topics failed: {topic}: {code}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
 }
 
-fn err(op: &'static str, e: impl std::fmt::Display) -> AdminError {
-    AdminError {
-        op,
-        message: e.to_string(),
+impl AdminError {
+    fn client(op: &'static str) -> impl FnOnce(KafkaError) -> Self {
+        move |source| Self::Client { op, source }
     }
 }
 
@@ -36,7 +49,7 @@ pub async fn ensure_topics(
     let admin: AdminClient<DefaultClientContext> = cfg
         .client_config()
         .create()
-        .map_err(|e| err("admin client", e))?;
+        .map_err(AdminError::client("admin client"))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
@@ -45,11 +58,31 @@ pub async fn ensure_topics(
     let results = admin
         .create_topics(&new, &opts)
         .await
-        .map_err(|e| err("create topics", e))?;
+        .map_err(AdminError::client("create topics"))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(err("create topics", format!("{topic}: {code}"))),
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes topics; ones that do not exist are not an error (for test clean-up).
+pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), AdminError> {
+    let admin: AdminClient<DefaultClientContext> = cfg
+        .client_config()
+        .create()
+        .map_err(AdminError::client("admin client"))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .delete_topics(topics, &opts)
+        .await
+        .map_err(AdminError::client("delete topics"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
         }
     }
     Ok(())
@@ -64,7 +97,7 @@ pub fn partition_count(
     let consumer: BaseConsumer = cfg
         .client_config()
         .create()
-        .map_err(|e| err("metadata client", e))?;
+        .map_err(AdminError::client("metadata client"))?;
     partition_count_via(&consumer, topic, timeout)
 }
 
@@ -76,7 +109,7 @@ pub fn partition_count_via<X: ConsumerContext, C: Consumer<X>>(
 ) -> Result<u32, AdminError> {
     let md = client
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| err("metadata", e))?;
+        .map_err(AdminError::client("metadata"))?;
     Ok(md
         .topics()
         .iter()

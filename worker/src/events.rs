@@ -1,0 +1,286 @@
+//! The worker's observable events (the habit of Vector's `internal_events`): one small struct
+//! per thing that happens, whose [`Emit::emit`] both logs it and counts it, so the logs and the
+//! metrics cannot drift apart. The hot path builds these and emits them; it holds no metrics
+//! or logging code of its own.
+
+use std::time::Duration;
+
+use leafsync_core::{ImageId, Outcome, OutcomeCounts};
+
+use crate::metrics::Metrics;
+
+/// Something the worker reports.
+pub trait Emit {
+    /// Logs and counts it.
+    fn emit(self, metrics: &Metrics);
+}
+
+/// Where in Kafka an event came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A batch of one partition was gathered and is about to be planned and written.
+#[derive(Debug)]
+pub struct BatchReceived<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Events in the batch.
+    pub len: usize,
+    /// Bytes of their values.
+    pub bytes: u64,
+}
+
+impl Emit for BatchReceived<'_> {
+    fn emit(self, m: &Metrics) {
+        m.event_bytes
+            .with_label_values(&[self.topic])
+            .inc_by(self.bytes);
+        m.batch_size
+            .with_label_values(&[self.topic])
+            .observe(self.len as f64);
+    }
+}
+
+/// An event whose key hashes to another partition than the one it arrived on (a producer bug:
+/// per-image order is then not guaranteed). It is still applied.
+#[derive(Debug)]
+pub struct Misrouted<'a> {
+    /// Where it arrived.
+    pub at: Source<'a>,
+    /// Its key.
+    pub key: &'a [u8],
+}
+
+impl Emit for Misrouted<'_> {
+    fn emit(self, m: &Metrics) {
+        m.misrouted.with_label_values(&[self.at.topic]).inc();
+        tracing::warn!(topic = self.at.topic, partition = self.at.partition, offset = self.at.offset,
+            key = %String::from_utf8_lossy(self.key),
+            "misrouted event: its key hashes to another partition (producer bug; per-image ordering is not guaranteed)");
+    }
+}
+
+/// The final outcome of one event (debug log only: the batch summary counts them).
+#[derive(Debug)]
+pub struct EventSettled<'a> {
+    /// Where it came from.
+    pub at: Source<'a>,
+    /// Its image, when it decoded.
+    pub id: Option<ImageId>,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+impl Emit for EventSettled<'_> {
+    fn emit(self, _: &Metrics) {
+        tracing::debug!(
+            topic = self.at.topic,
+            partition = self.at.partition,
+            offset = self.at.offset,
+            image_id = self.id.map(ImageId::get),
+            outcome = self.outcome.label(),
+            "event"
+        );
+    }
+}
+
+/// An event's content became visible in the database (or already was): its end-to-end latency
+/// from the Kafka message timestamp ends here.
+#[derive(Debug)]
+pub struct EventVisible<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Database acknowledgement − message timestamp.
+    pub latency: Duration,
+}
+
+impl Emit for EventVisible<'_> {
+    fn emit(self, m: &Metrics) {
+        m.e2e_latency_seconds
+            .with_label_values(&[self.topic])
+            .observe(self.latency.as_secs_f64());
+    }
+}
+
+/// A batch is written (or dead-lettered) whole and its offset may move.
+#[derive(Debug)]
+pub struct BatchSettled<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// First and last offset of the batch.
+    pub offsets: (i64, i64),
+    /// Outcome counts.
+    pub counts: &'a OutcomeCounts,
+    /// From the batch's start to now (writes and retries included).
+    pub elapsed: Duration,
+}
+
+impl Emit for BatchSettled<'_> {
+    fn emit(self, m: &Metrics) {
+        for (outcome, n) in self.counts.iter().filter(|(_, n)| *n > 0) {
+            m.events
+                .with_label_values(&[self.topic, outcome.label()])
+                .inc_by(n);
+        }
+        m.batch_write_seconds
+            .with_label_values(&[self.topic])
+            .observe(self.elapsed.as_secs_f64());
+        let c = self.counts;
+        tracing::info!(
+            topic = self.topic,
+            partition = self.partition,
+            first_offset = self.offsets.0,
+            last_offset = self.offsets.1,
+            batch_len = c.total(),
+            inserted = c.get(Outcome::Inserted),
+            updated = c.get(Outcome::Updated),
+            unchanged = c.get(Outcome::Unchanged),
+            stale = c.get(Outcome::Stale),
+            superseded = c.get(Outcome::Superseded),
+            dead_lettered = c.get(Outcome::DeadLettered),
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "batch done"
+        );
+    }
+}
+
+/// An event went to the dead-letter topic.
+#[derive(Debug)]
+pub struct DeadLettered<'a> {
+    /// Where it came from.
+    pub at: Source<'a>,
+    /// Machine-readable reason.
+    pub kind: &'a str,
+    /// Human-readable reason.
+    pub reason: &'a str,
+}
+
+impl Emit for DeadLettered<'_> {
+    fn emit(self, m: &Metrics) {
+        m.dead_lettered
+            .with_label_values(&[self.at.topic, self.kind])
+            .inc();
+        tracing::warn!(
+            topic = self.at.topic,
+            partition = self.at.partition,
+            offset = self.at.offset,
+            kind = self.kind,
+            reason = self.reason,
+            outcome = "dead_lettered",
+            "event dead-lettered"
+        );
+    }
+}
+
+/// An operation failed and will be retried after `delay`.
+#[derive(Debug)]
+pub struct RetryScheduled<'a> {
+    /// What failed (`database_write`, `dead_letter`, `seek`).
+    pub op: &'a str,
+    /// `transient` or `permanent`.
+    pub class: &'a str,
+    /// Why.
+    pub error: &'a str,
+    /// Retries so far.
+    pub attempt: u32,
+    /// Wait before the next try.
+    pub delay: Duration,
+}
+
+impl Emit for RetryScheduled<'_> {
+    fn emit(self, m: &Metrics) {
+        m.retries.with_label_values(&[self.op, self.class]).inc();
+        tracing::warn!(op = self.op, class = self.class, error = %self.error, attempt = self.attempt,
+            delay_ms = self.delay.as_millis() as u64, "operation failed; retrying (offsets held)");
+    }
+}
+
+/// The stored offset could not be updated (the partition was probably revoked meanwhile).
+#[derive(Debug)]
+pub struct OffsetNotStored<'a> {
+    /// Where.
+    pub at: Source<'a>,
+    /// Why.
+    pub error: &'a str,
+}
+
+impl Emit for OffsetNotStored<'_> {
+    fn emit(self, _: &Metrics) {
+        tracing::warn!(topic = self.at.topic, partition = self.at.partition, offset = self.at.offset, error = %self.error,
+            "cannot store offset (partition no longer assigned?); the batch will be redelivered and replayed idempotently");
+    }
+}
+
+/// A message of this partition reached the task after a later one: the task rewinds the
+/// partition to it so that events are applied in order.
+#[derive(Debug)]
+pub struct Rewound<'a> {
+    /// The late message's position.
+    pub at: Source<'a>,
+    /// The highest offset the task had already taken.
+    pub seen: i64,
+}
+
+impl Emit for Rewound<'_> {
+    fn emit(self, m: &Metrics) {
+        m.rewinds.with_label_values(&[self.at.topic]).inc();
+        tracing::warn!(
+            topic = self.at.topic,
+            partition = self.at.partition,
+            offset = self.at.offset,
+            seen = self.seen,
+            "late message for this partition; rewinding to it so events stay in order"
+        );
+    }
+}
+
+/// The lag of one partition (or of all, `None`) could not be measured; the gauge keeps its
+/// last good value.
+#[derive(Debug)]
+pub struct LagMeasurementFailed<'a> {
+    /// The partition, when the failure was its own.
+    pub partition: Option<(&'a str, i32)>,
+    /// Why.
+    pub error: &'a str,
+}
+
+impl Emit for LagMeasurementFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.lag_errors.inc();
+        let (topic, partition) = self.partition.unzip();
+        tracing::debug!(topic, partition, error = %self.error, "cannot measure consumer lag; keeping the last value");
+    }
+}
+
+/// A rebalance callback ran.
+#[derive(Debug)]
+pub enum Rebalanced<'a> {
+    /// Partitions were assigned to this worker (their tasks start now).
+    Assigned(&'a [String]),
+    /// Partitions are being taken away (their tasks drain, then offsets are committed).
+    Revoked(&'a [String]),
+}
+
+impl Emit for Rebalanced<'_> {
+    fn emit(self, m: &Metrics) {
+        match self {
+            Rebalanced::Assigned(partitions) => {
+                m.rebalances.with_label_values(&["assign"]).inc();
+                tracing::info!(?partitions, "partitions assigned");
+            }
+            Rebalanced::Revoked(partitions) => {
+                m.rebalances.with_label_values(&["revoke"]).inc();
+                tracing::info!(?partitions, "partitions revoked; draining them");
+            }
+        }
+    }
+}
