@@ -1,4 +1,5 @@
 """Consistency and schema checks over rendered manifests (called by scripts/deploy-check)."""
+import re
 import subprocess
 import sys
 import tempfile
@@ -80,12 +81,50 @@ for overlay in ["local", "gke"]:
     check(f"{overlay}: worker grace period ({grace}s) exceeds worker.drain_timeout_ms",
           grace * 1000 > loaded["worker"]["drain_timeout_ms"])
     env = {e["name"]: e for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
-    check(f"{overlay}: worker instance id comes from the pod name (static membership)",
-          env["LEAFSYNC__WORKER__INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name")
+    # Membership vs workload kind: a Deployment's pod names are random and change on every
+    # reschedule, so a static `group.instance.id` from them buys nothing and costs a
+    # session-timeout stall on every scale-in (KIP-345: static members send no LeaveGroup).
+    static = "LEAFSYNC__WORKER__INSTANCE_ID" in env or "instance_id" in loaded["worker"]
+    check(f"{overlay}: worker membership fits its workload kind (Deployment ⇒ dynamic membership)",
+          worker["kind"] == "Deployment" and not static)
     check(f"{overlay}: Mongo URI comes from a Secret", "secretKeyRef" in env["LEAFSYNC__MONGO__URI"]["valueFrom"])
+
+    # Autoscaled workloads carry no replica count: `kubectl apply` would reset the fleet to it.
+    autoscaled = {h["spec"]["scaleTargetRef"]["name"] for h in docs if h["kind"] == "HorizontalPodAutoscaler"}
+    autoscaled |= {so["spec"]["scaleTargetRef"]["name"] for so in docs if so["kind"] == "ScaledObject"}
+    autoscaled.add("leafsync-worker")  # KEDA's in gke; scaled by hand (kubectl scale) in local
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] in autoscaled:
+            check(f"{overlay}: {d['metadata']['name']} has no spec.replicas (its autoscaler owns it)",
+                  "replicas" not in d["spec"])
+
+    # Every image is pinned to a tag that docs/operations.md lists (and so says exists).
+    ops = Path("docs/operations.md").read_text()
+    images = set()
+    for d in docs:
+        spec = d.get("spec", {})
+        pod = (spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+               or spec.get("template", {}).get("spec", {}))
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            images.add(c["image"])
+    for image in sorted(images):
+        name, _, tag = image.rpartition(":")
+        pinned = bool(name) and "/" not in tag and tag not in ("", "latest")
+        listed = f"`{image}`" in ops or (overlay == "local" and tag == "dev")
+        check(f"{overlay}: image {image} is pinned and listed in docs/operations.md", pinned and listed)
+
+    # The topics Job's replication fits the overlay's cluster.
+    want_replication = {"local": (1, 1), "gke": (3, 2)}[overlay]
 
     job = find(docs, "Job", "leafsync-topics")
     jenv = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    got = (int(jenv["REPLICATION"]), int(jenv["MIN_INSYNC_REPLICAS"]))
+    check(f"{overlay}: topics Job replication / min.insync.replicas {got} = {want_replication}",
+          got == want_replication and got[1] <= got[0])
+    check(f"{overlay}: topics Job takes Kafka credentials from the workers' Secret",
+          "--command-config" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+          and any("secretKeyRef" in e.get("valueFrom", {})
+                  for e in job["spec"]["template"]["spec"]["containers"][0]["env"]))
     partitions = int(jenv["PARTITIONS"]) * len(topics)
     check(f"{overlay}: topics job creates the configured topics and dead-letter topic",
           all(t in job["spec"]["template"]["spec"]["containers"][0]["args"][0] for t in topics + [loaded["kafka"]["dead_letter_topic"]]))
@@ -109,9 +148,35 @@ for overlay in ["local", "gke"]:
               so["spec"]["maxReplicaCount"] <= partitions)
         check(f"{overlay}: scale-down is stabilized",
               so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60)
-        check(f"{overlay}: TriggerAuthentication exists", find(docs, "TriggerAuthentication",
-                                                             trig[0]["authenticationRef"]["name"]) is not None)
+        ta = find(docs, "TriggerAuthentication", trig[0]["authenticationRef"]["name"])
+        check(f"{overlay}: TriggerAuthentication exists", ta is not None)
+        # The keys kedacore/keda's apache-kafka scaler reads (pkg/scalers/apache_kafka_scaler.go,
+        # struct tags l.52-82 at 8b4f083): anything else is silently ignored.
+        reads_metadata = {"bootstrapServers", "consumerGroup", "topic", "partitionLimitation", "lagThreshold",
+                          "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
+                          "excludePersistentLag", "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag",
+                          "ensureEvenDistributionOfPartitions", "sasl", "awsRegion", "tls"}
+        reads_auth = {"sasl", "username", "password", "tls", "cert", "key", "keyPassword", "ca", "awsRegion"}
+        check(f"{overlay}: every trigger key is one the apache-kafka scaler reads",
+              set(m) <= reads_metadata, str(set(m) - reads_metadata))
+        if ta:
+            params = {t["parameter"] for t in ta["spec"]["secretTargetRef"]}
+            check(f"{overlay}: every TriggerAuthentication parameter is one the scaler reads",
+                  params <= reads_auth, str(params - reads_auth))
+        # With minReplicaCount ≥ 1 KEDA never activates or deactivates (scale_scaledobjects.go
+        # l.70-72, l.97-100): activationLagThreshold and cooldownPeriod would only mislead.
+        if so["spec"].get("minReplicaCount", 0) >= 1:
+            check(f"{overlay}: no inert activation/cooldown settings with minReplicaCount ≥ 1",
+                  "activationLagThreshold" not in m and "cooldownPeriod" not in so["spec"])
     if overlay == "gke":
+        # The collector's exporter and resource detector need the GKE metadata server.
+        egress = find(docs, "NetworkPolicy", "otel-collector")["spec"]["egress"]
+        allowed = {(b["ipBlock"]["cidr"], p["port"]) for r in egress for b in r.get("to", []) if "ipBlock" in b
+                   for p in r.get("ports", [])}
+        check("gke: the collector may reach the GKE metadata server (169.254.169.252:988, 169.254.169.254:80)",
+              {("169.254.169.252/32", 988), ("169.254.169.254/32", 80)} <= allowed)
+        check("gke: PodMonitoring for worker and API (Managed Prometheus ignores annotations)",
+              {d["metadata"]["name"] for d in docs if d["kind"] == "PodMonitoring"} == {"leafsync-worker", "leafsync-api"})
         ing = find(docs, "Ingress", "leafsync-api")
         paths = ing["spec"]["rules"][0]["http"]["paths"]
         check("gke: Ingress routes /image-plant to the API service",
@@ -120,9 +185,16 @@ for overlay in ["local", "gke"]:
         check("gke: load balancer health check on /ready", bc["spec"]["healthCheck"]["requestPath"] == "/ready"
               and bc["spec"]["healthCheck"]["port"] == api_port)
 
+# Every kubectl command in the runbook names its namespace (or creates it).
+for line in Path("docs/operations.md").read_text().splitlines():
+    for cmd in re.findall(r"kubectl [^`|]*", line):
+        if cmd.startswith(("kubectl kustomize", "kubectl version")) or "--local" in cmd:
+            continue  # these never reach a cluster
+        named = re.search(r"(^|\s)(-n|--namespace)[ =]\S+", cmd) or cmd.startswith("kubectl create namespace")
+        check(f"docs/operations.md: `{cmd.strip()[:60]}` names the namespace", named)
+
 # The dashboard only queries metrics the binaries define.
 import json
-import re
 dash = json.loads(Path("deploy/grafana/leafsync-dashboard.json").read_text())
 sources = Path("worker/src/metrics.rs").read_text() + Path("api/src/metrics.rs").read_text()
 for p in dash["panels"]:

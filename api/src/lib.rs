@@ -2,6 +2,7 @@
 //! independently of the workers. [`routes`] holds routing and handlers, [`error`] the error
 //! bodies, [`total_cache`] the bounded-staleness counts, [`openapi`] the API description.
 
+pub mod coalesce;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -13,7 +14,9 @@ use std::sync::Arc;
 
 use leafsync_core::cached_check::CachedCheck;
 use leafsync_core::config::ms;
-use leafsync_core::{Config, Store};
+use leafsync_core::{Config, ImageId, ImageType, Store, StoreError};
+use mongodb::bson::Document;
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
@@ -27,6 +30,8 @@ pub struct State {
     pub metrics: metrics::Metrics,
     /// Cached counts for `/total`.
     pub totals: total_cache::TotalCache,
+    /// Coalesced by-id reads, one lane per image type (`None`: `api.coalesce_reads` is off).
+    pub reads: Option<Reads>,
     ready: CachedCheck,
 }
 
@@ -47,6 +52,32 @@ impl State {
     }
 }
 
+/// By-id reads of one image type, coalesced.
+pub type Reads = HashMap<ImageType, coalesce::Coalescer<ImageId, Document, StoreError>>;
+
+/// One coalescer per image type over `store`.
+fn reads(config: &Config, store: &Store, metrics: &metrics::Metrics) -> Reads {
+    ImageType::ALL
+        .into_iter()
+        .map(|t| {
+            let collection = config.types.get(t).collection.clone();
+            let store = store.clone();
+            let sizes = metrics.read_batch.with_label_values(&[t.as_str()]);
+            let lane = coalesce::Coalescer::new(
+                format!("find {collection}"),
+                config.api.max_read_batch,
+                ms(config.api.request_timeout_ms),
+                move |ids: Vec<ImageId>| {
+                    let (store, collection) = (store.clone(), collection.clone());
+                    async move { store.get_many(&collection, &ids).await }
+                },
+                move |n| sizes.observe(n as f64),
+            );
+            (t, lane)
+        })
+        .collect()
+}
+
 /// Serves until `shutdown`; then stops accepting, finishes in-flight requests and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut mongo = config.mongo.clone();
@@ -56,11 +87,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let store = Store::connect_lazy(&mongo, "leafsync-api").await?;
     let bind = config.api.bind;
     let config_ready_ms = config.api.ready_cache_ms;
+    let metrics = metrics::Metrics::new();
+    let reads = config
+        .api
+        .coalesce_reads
+        .then(|| reads(&config, &store, &metrics));
     let state = Arc::new(State {
         totals: total_cache::TotalCache::new(ms(config.api.total_cache_ttl_ms)),
         config,
         store,
-        metrics: metrics::Metrics::new(),
+        metrics,
+        reads,
         ready: CachedCheck::new(ms(config_ready_ms)),
     });
     warm_totals(&state);
@@ -74,7 +111,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Starts every `/total` count in the background, so the first clients find them cached
 /// instead of waiting for a multi-second count of a large collection.
 fn warm_totals(state: &Arc<State>) {
-    for t in leafsync_core::ImageType::ALL {
+    for t in ImageType::ALL {
         for include_deleted in [false, true] {
             let state = state.clone();
             tokio::spawn(async move {

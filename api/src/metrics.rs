@@ -12,6 +12,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// Requests being served.
     pub in_flight: IntGauge,
+    /// Ids per coalesced by-id query, by image type.
+    pub read_batch: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -45,6 +47,18 @@ impl Metrics {
         .expect("valid metric");
         let in_flight = IntGauge::new("leafsync_api_requests_in_flight", "Requests being served")
             .expect("valid metric");
+        let read_batch = HistogramVec::new(
+            HistogramOpts::new(
+                "leafsync_api_read_batch_size",
+                "Distinct ids per coalesced by-id query",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            &["type"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(read_batch.clone()))
+            .expect("unique metric");
         registry
             .register(Box::new(requests.clone()))
             .expect("unique metric");
@@ -59,6 +73,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            read_batch,
         }
     }
 

@@ -14,6 +14,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::Reply as _;
 
+use crate::coalesce::ReadError;
 use crate::error::ApiError;
 use crate::State;
 
@@ -161,7 +162,24 @@ async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, Ap
             let coll = &state.config.types.get(*t).collection;
             let span = tracing::info_span!("mongodb.find", otel.name = format!("find {coll}"), otel.kind = "client",
                 db.system = "mongodb", db.collection.name = %coll, db.operation.name = "find");
-            match bounded(state, state.store.get(coll, *id).instrument(span)).await? {
+            // The span covers this request's wait; with coalescing, the shared query has its
+            // own span linked to it.
+            let lookup = async {
+                match state.reads.as_ref().and_then(|r| r.get(t)) {
+                    Some(lane) => lane.get(*id).await.map_err(|e| match e {
+                        ReadError::Failed(e) => e,
+                        ReadError::TimedOut => {
+                            StoreError::abandoned("find", "the shared query timed out")
+                        }
+                        ReadError::Abandoned => StoreError::abandoned(
+                            "find",
+                            "the shared query ended without an answer",
+                        ),
+                    }),
+                    None => state.store.get(coll, *id).await,
+                }
+            };
+            match bounded(state, lookup.instrument(span)).await? {
                 Some(doc) => Ok(json_response(StatusCode::OK, &document_to_json(&doc))),
                 None => Err(ApiError::ImageNotFound {
                     image_type: t.to_string(),

@@ -215,6 +215,37 @@ async fn by_id_answers_the_stored_document_or_a_json_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_by_id_reads_each_get_their_own_exact_answer() {
+    // Reads are coalesced into shared `$in` queries; every request must still get exactly its
+    // own answer: the document, the deleted document, or a 404 naming its id.
+    let api = shared_api().await;
+    let client = reqwest::Client::new();
+    let requests: Vec<(&str, i64)> = (0..300)
+        .map(|i| (["potato", "tomato", "pepper"][i % 3], [1, 2, 3, 5, 77][i % 5]))
+        .collect();
+    let answers = futures::future::join_all(requests.iter().map(|(t, id)| {
+        let url = format!("http://{}/image-plant/{t}/{id}", api.addr);
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    for ((t, id), (status, body)) in requests.iter().zip(answers) {
+        match (*t, *id) {
+            ("potato", 1) => assert_eq!((status, body["label"].clone()), (200, json!("early_blight"))),
+            ("potato", 2) => assert_eq!((status, body["deleted"].clone()), (200, json!(true))),
+            ("tomato", 5) => assert_eq!((status, body["id"].clone()), (200, json!(5))),
+            _ => assert_eq!(
+                (status, body),
+                (404, json!({"error": "image_not_found", "message": format!("{t} image {id} not found")}))
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn totals_count_live_images_and_deleted_ones_on_request() {
     let api = shared_api().await;
     let a = api.addr;

@@ -415,6 +415,10 @@ pub struct ApiConfig {
     pub total_cache_ttl_ms: u64,
     /// Cache of the `/ready` ping.
     pub ready_cache_ms: u64,
+    /// Merge concurrent by-id reads of one type into one `$in` query.
+    pub coalesce_reads: bool,
+    /// Most ids in one coalesced query.
+    pub max_read_batch: usize,
 }
 
 /// Log output format.
@@ -597,6 +601,7 @@ impl Config {
             ));
         }
         positive("api.request_timeout_ms", self.api.request_timeout_ms)?;
+        positive("api.max_read_batch", self.api.max_read_batch as u64)?;
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return Err(invalid("telemetry.sample_ratio", "must be from 0.0 to 1.0"));
         }

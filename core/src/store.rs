@@ -302,6 +302,33 @@ impl Store {
             .map_err(|e| StoreError::driver("find", e))
     }
 
+    /// The stored images among `ids` (those that exist), by id, without MongoDB's `_id`: one
+    /// indexed `$in` query for many lookups (the API coalesces concurrent reads into these).
+    pub async fn get_many(
+        &self,
+        collection: &str,
+        ids: &[ImageId],
+    ) -> Result<HashMap<ImageId, Document>, StoreError> {
+        let wanted: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        let mut cursor = self
+            .collection(collection)
+            .find(doc! {"id": {"$in": wanted}})
+            .projection(doc! {"_id": 0})
+            .await
+            .map_err(|e| StoreError::driver("find", e))?;
+        let mut out = HashMap::with_capacity(ids.len());
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| StoreError::driver("find", e))?
+        {
+            if let Some(id) = d.get_i64("id").ok().and_then(|id| ImageId::new(id).ok()) {
+                out.insert(id, d);
+            }
+        }
+        Ok(out)
+    }
+
     /// How many images a collection holds; soft-deleted ones only when `include_deleted`.
     pub async fn count(&self, collection: &str, include_deleted: bool) -> Result<u64, StoreError> {
         let filter = if include_deleted {

@@ -284,3 +284,45 @@ impl Emit for Rebalanced<'_> {
         }
     }
 }
+
+/// Where one batch's time went, stage by stage (the parts of its events' end-to-end latency
+/// that the worker can see).
+#[derive(Debug, Default, Clone)]
+pub struct BatchTimed {
+    /// The first message's Kafka timestamp to its receipt by the task: producer linger, broker,
+    /// fetch wait and librdkafka's queue (`None` without a timestamp).
+    pub kafka: Option<Duration>,
+    /// Waiting for an in-flight permit (`worker.max_in_flight_batches`).
+    pub permit: Duration,
+    /// Gathering the rest of the batch after the permit.
+    pub gather: Duration,
+    /// Decoding, checking and collapsing (the pure plan).
+    pub plan: Duration,
+    /// Producing dead letters.
+    pub dead_letter: Duration,
+    /// The database write, retries included.
+    pub write: Duration,
+    /// Storing the offset.
+    pub store_offset: Duration,
+}
+
+impl Emit for &BatchTimed {
+    fn emit(self, m: &Metrics) {
+        let stages = [
+            ("permit", Some(self.permit)),
+            ("gather", Some(self.gather)),
+            ("plan", Some(self.plan)),
+            ("dead_letter", Some(self.dead_letter)),
+            ("write", Some(self.write)),
+            ("store_offset", Some(self.store_offset)),
+            ("kafka", self.kafka),
+        ];
+        for (stage, d) in stages {
+            if let Some(d) = d {
+                m.stage_seconds
+                    .with_label_values(&[stage])
+                    .observe(d.as_secs_f64());
+            }
+        }
+    }
+}

@@ -24,22 +24,26 @@ enum Command {
     /// Print the effective configuration, secrets masked, and exit.
     PrintConfig,
     /// Reset the group's committed offsets so the workers re-read events (stop them first).
+    /// Every flag can also come from its environment variable, so a Kubernetes Job can be
+    /// adjusted with `kubectl set env` (docs/operations.md, "Replay").
     Replay {
         /// Back to the earliest retained offset.
         #[arg(
             long,
+            env = "LEAFSYNC_REPLAY_TO_EARLIEST",
             conflicts_with = "to_datetime",
             required_unless_present = "to_datetime"
         )]
         to_earliest: bool,
         /// Back to the first event at or after this time (RFC 3339).
-        #[arg(long)]
+        #[arg(long, env = "LEAFSYNC_REPLAY_TO_DATETIME")]
         to_datetime: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only these topics (repeatable; default: every image topic).
-        #[arg(long = "topic")]
+        /// Only these topics (repeatable, or comma-separated in the variable; default: every
+        /// image topic).
+        #[arg(long = "topic", env = "LEAFSYNC_REPLAY_TOPICS", value_delimiter = ',')]
         topics: Vec<String>,
         /// Print the plan without changing anything.
-        #[arg(long)]
+        #[arg(long, env = "LEAFSYNC_REPLAY_DRY_RUN")]
         dry_run: bool,
     },
 }

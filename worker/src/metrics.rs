@@ -22,6 +22,8 @@ pub struct Metrics {
     pub batch_write_seconds: HistogramVec,
     /// Write acknowledged − Kafka message timestamp.
     pub e2e_latency_seconds: HistogramVec,
+    /// Time a batch spends in each stage of the hot path (`stage` label; see `events::BatchTimed`).
+    pub stage_seconds: HistogramVec,
     /// High watermark − committed offset, per partition (what KEDA scales on).
     pub consumer_lag: IntGaugeVec,
     /// Partitions currently assigned to this worker.
@@ -68,8 +70,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let r = Registry::new();
+        // 1 ms to 60 s in 1-2-5 steps: a backlog of seconds must not hide in a top bucket.
         let latency = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
+            60.0,
         ];
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
@@ -117,8 +121,22 @@ impl Metrics {
                 &r,
                 "leafsync_worker_e2e_latency_seconds",
                 "Database write acknowledged minus the Kafka message timestamp",
-                latency,
+                latency.clone(),
             ),
+            stage_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "leafsync_worker_stage_seconds",
+                        "Time a batch spends per hot-path stage: kafka (first message's timestamp to \
+                         its receipt), permit, gather, plan, dead_letter, write, store_offset",
+                    )
+                    .buckets(latency),
+                    &["stage"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             consumer_lag,
             assigned_partitions: assigned,
             rebalances: counter(

@@ -25,8 +25,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::backoff::{retry_forever, Backoff};
 use crate::consumer::{LeafConsumer, WorkerContext};
 use crate::events::{
-    BatchReceived, BatchSettled, Emit, EventSettled, EventVisible, Misrouted, OffsetNotStored,
-    Rewound, Source,
+    BatchReceived, BatchSettled, BatchTimed, Emit, EventSettled, EventVisible, Misrouted,
+    OffsetNotStored, Rewound, Source,
 };
 use crate::input::{Input, Next};
 use crate::plan::{plan, Consumed, Plan, Rules};
@@ -91,8 +91,8 @@ impl std::fmt::Debug for PartitionTask {
 
 /// What [`PartitionTask::gather`] ends with.
 enum Gathered {
-    /// A batch, with the in-flight permit to hold until it is written.
-    Batch(Vec<OwnedMessage>, Option<OwnedSemaphorePermit>),
+    /// A batch, with the in-flight permit to hold until it is written, and the time it took.
+    Batch(Vec<OwnedMessage>, Option<OwnedSemaphorePermit>, BatchTimed),
     /// A message arrived out of order; the batch in hand was dropped (not written, its offset
     /// not stored). Rewind the partition to this offset.
     Rewind { to: i64, seen: i64 },
@@ -110,7 +110,7 @@ impl PartitionTask {
         let collection = types.get(self.image_type).collection.clone();
         loop {
             match self.gather().await {
-                Gathered::Batch(batch, _permit) => {
+                Gathered::Batch(batch, _permit, mut timed) => {
                     // The permit is released when this arm ends, after the write.
                     let rules = Rules {
                         partition: self.partition,
@@ -118,7 +118,8 @@ impl PartitionTask {
                         projection: &projection,
                         max_event_bytes: self.shared.config.worker.max_event_bytes,
                     };
-                    self.process(&batch, &collection, &rules).await;
+                    self.process(&batch, &collection, &rules, &mut timed).await;
+                    timed.emit(&self.shared.metrics);
                 }
                 Gathered::Rewind { to, seen } => self.rewind(to, seen).await,
                 Gathered::Stopped => break,
@@ -164,14 +165,24 @@ impl PartitionTask {
             Ok(m) => m,
             Err((to, seen)) => return Gathered::Rewind { to, seen },
         };
+        let received = Instant::now();
+        let mut timed = BatchTimed {
+            kafka: first.timestamp().to_millis().map(|ts| {
+                let now = chrono::Utc::now().timestamp_millis();
+                Duration::from_millis((now - ts).max(0).unsigned_abs())
+            }),
+            ..BatchTimed::default()
+        };
         // Only partitions holding a permit gather a full batch; the rest wait with their events
         // still queued in librdkafka, which bounds the worker's memory.
         let permit = tokio::select! {
             biased;
             // Stopping: handle the one event in hand without waiting for a permit.
-            () = stop.cancelled() => return Gathered::Batch(vec![first], None),
+            () = stop.cancelled() => return Gathered::Batch(vec![first], None, timed),
             p = self.shared.in_flight.clone().acquire_owned() => p.ok(),
         };
+        timed.permit = received.elapsed();
+        let permitted = Instant::now();
         let max = self.shared.config.worker.batch.max_events;
         let deadline =
             tokio::time::Instant::now() + ms(self.shared.config.worker.batch.max_wait_ms);
@@ -188,7 +199,8 @@ impl PartitionTask {
                 },
             }
         }
-        Gathered::Batch(batch, permit)
+        timed.gather = permitted.elapsed();
+        Gathered::Batch(batch, permit, timed)
     }
 
     /// Seeks the partition back to `to` (retrying until librdkafka accepts), so the late
@@ -237,7 +249,13 @@ impl PartitionTask {
     }
 
     /// Plans the batch, then settles the plan, inside the batch's span.
-    async fn process(&self, batch: &[OwnedMessage], collection: &str, rules: &Rules<'_>) {
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        collection: &str,
+        rules: &Rules<'_>,
+        timed: &mut BatchTimed,
+    ) {
         let started = Instant::now();
         self.shared
             .health
@@ -251,10 +269,12 @@ impl PartitionTask {
                 payload: m.payload(),
             })
             .collect();
+        let planning = Instant::now();
         let plan = plan(&consumed, rules);
+        timed.plan = planning.elapsed();
         drop(consumed);
         let counts = self
-            .settle(batch, plan, collection)
+            .settle(batch, plan, collection, timed)
             .instrument(span.clone())
             .await;
         for (outcome, n) in counts.iter() {
@@ -278,7 +298,13 @@ impl PartitionTask {
 
     /// Carries out `plan`: dead letters, the write, dead letters for what the database refused,
     /// outcomes, and finally the stored offset. Returns the outcome counts.
-    async fn settle(&self, batch: &[OwnedMessage], plan: Plan, collection: &str) -> OutcomeCounts {
+    async fn settle(
+        &self,
+        batch: &[OwnedMessage],
+        plan: Plan,
+        collection: &str,
+        timed: &mut BatchTimed,
+    ) -> OutcomeCounts {
         let shared = &self.shared;
         let m = &shared.metrics;
         let mut counts = OutcomeCounts::default();
@@ -336,6 +362,7 @@ impl PartitionTask {
             self.settled(&mut counts, &batch[i], Some(id), outcome);
         }
         // Every event of the batch is now written or dead-lettered: only now may the offset move.
+        let storing = Instant::now();
         if let Some(last) = plan.store_offset {
             if let Err(e) = self
                 .consumer
@@ -348,6 +375,7 @@ impl PartitionTask {
                 .emit(m);
             }
         }
+        timed.store_offset = storing.elapsed();
         counts
     }
 
