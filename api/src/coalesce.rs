@@ -199,11 +199,7 @@ mod tests {
     type Sizes = Arc<Mutex<Vec<usize>>>;
 
     /// A coalescer over an in-memory table whose queries take `delay`, counting queries.
-    fn over(
-        db: &Db,
-        delay: Duration,
-        fail: bool,
-    ) -> (Coalescer<u32, String, String>, Sizes) {
+    fn over(db: &Db, delay: Duration, fail: bool) -> (Coalescer<u32, String, String>, Sizes) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let (db, s) = (db.clone(), sizes.clone());
         let c = Coalescer::new(

@@ -221,7 +221,12 @@ async fn concurrent_by_id_reads_each_get_their_own_exact_answer() {
     let api = shared_api().await;
     let client = reqwest::Client::new();
     let requests: Vec<(&str, i64)> = (0..300)
-        .map(|i| (["potato", "tomato", "pepper"][i % 3], [1, 2, 3, 5, 77][i % 5]))
+        .map(|i| {
+            (
+                ["potato", "tomato", "pepper"][i % 3],
+                [1, 2, 3, 5, 77][i % 5],
+            )
+        })
         .collect();
     let answers = futures::future::join_all(requests.iter().map(|(t, id)| {
         let url = format!("http://{}/image-plant/{t}/{id}", api.addr);
@@ -234,12 +239,18 @@ async fn concurrent_by_id_reads_each_get_their_own_exact_answer() {
     .await;
     for ((t, id), (status, body)) in requests.iter().zip(answers) {
         match (*t, *id) {
-            ("potato", 1) => assert_eq!((status, body["label"].clone()), (200, json!("early_blight"))),
+            ("potato", 1) => assert_eq!(
+                (status, body["label"].clone()),
+                (200, json!("early_blight"))
+            ),
             ("potato", 2) => assert_eq!((status, body["deleted"].clone()), (200, json!(true))),
             ("tomato", 5) => assert_eq!((status, body["id"].clone()), (200, json!(5))),
             _ => assert_eq!(
                 (status, body),
-                (404, json!({"error": "image_not_found", "message": format!("{t} image {id} not found")}))
+                (
+                    404,
+                    json!({"error": "image_not_found", "message": format!("{t} image {id} not found")})
+                )
             ),
         }
     }

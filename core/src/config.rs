@@ -173,6 +173,8 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// Group session timeout.
     pub session_timeout_ms: u64,
+    /// How often a member heartbeats; also how soon it learns that a rebalance started.
+    pub heartbeat_interval_ms: u64,
     /// librdkafka properties passed through as they are.
     #[serde(default)]
     pub properties: KafkaProperties,
@@ -520,6 +522,20 @@ impl Config {
         nonempty("kafka.group_id", &self.kafka.group_id)?;
         nonempty("kafka.dead_letter_topic", &self.kafka.dead_letter_topic)?;
         positive("kafka.session_timeout_ms", self.kafka.session_timeout_ms)?;
+        positive(
+            "kafka.heartbeat_interval_ms",
+            self.kafka.heartbeat_interval_ms,
+        )?;
+        if self.kafka.heartbeat_interval_ms * 3 > self.kafka.session_timeout_ms {
+            return Err(invalid(
+                "kafka.heartbeat_interval_ms",
+                format!(
+                    "must be at most a third of kafka.session_timeout_ms ({}), or one lost \
+                     heartbeat would evict the member",
+                    self.kafka.session_timeout_ms
+                ),
+            ));
+        }
         let uri = self.mongo.uri.expose();
         if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
             return Err(invalid(
@@ -828,6 +844,24 @@ mod tests {
             "mongodb://u:****@h/x"
         );
         assert_eq!(Secret::new("plain-token").masked(), "****");
+    }
+
+    #[test]
+    fn a_heartbeat_slower_than_a_third_of_the_session_is_refused() {
+        let e = Config::from_toml_str(
+            "[kafka]\nsession_timeout_ms = 30000\nheartbeat_interval_ms = 10001\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key `kafka.heartbeat_interval_ms`"), "{e}");
+        assert!(
+            e.contains("a third of kafka.session_timeout_ms (30000)"),
+            "{e}"
+        );
+        Config::from_toml_str(
+            "[kafka]\nsession_timeout_ms = 30000\nheartbeat_interval_ms = 10000\n",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -265,6 +265,7 @@ fn names(tpl: &TopicPartitionList) -> Vec<String> {
 
 fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
     let session = cfg.kafka.session_timeout_ms.to_string();
+    let heartbeat = cfg.kafka.heartbeat_interval_ms.to_string();
     let commit = cfg.worker.commit_interval_ms.to_string();
     let queued = cfg.worker.queued_max_kbytes.to_string();
     let queued_min = cfg.worker.batch.max_events.to_string();
@@ -276,6 +277,7 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
         ("auto.offset.reset", "earliest"),
         ("partition.assignment.strategy", "cooperative-sticky"),
         ("session.timeout.ms", &session),
+        ("heartbeat.interval.ms", &heartbeat),
         // Offsets are stored by the partition tasks after the write, and committed by
         // librdkafka every commit interval (and synchronously on revoke and shutdown).
         ("enable.auto.commit", "true"),
