@@ -245,6 +245,21 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                 ms(r.latency_p99),
                 ms(r.latency_max_bound)
             );
+            for st in &r.stages {
+                println!(
+                    "{:<28}{} / {}",
+                    format!("  stage {} p50/p99", st.stage),
+                    ms(st.p50),
+                    ms(st.p99)
+                );
+            }
+            let n = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |x| format!("{x:.0}"));
+            println!(
+                "{:<28}{} / {}",
+                "batch size p50/p99",
+                n(r.batch_size.0),
+                n(r.batch_size.1)
+            );
             print_report(&r.verify, None);
             println!(
                 "report: {}/report.html ({}/report.json)",

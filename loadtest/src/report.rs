@@ -36,10 +36,26 @@ pub struct RunReport {
     pub latency_max_bound: Option<f64>,
     /// Dead letters counted on the dead-letter topic during the run.
     pub dead_lettered: i64,
+    /// Per hot-path stage of the workers (`leafsync_worker_stage_seconds`), p50 and p99 over the
+    /// run, seconds: where the end-to-end latency goes.
+    pub stages: Vec<StageLatency>,
+    /// Events per written batch over the run: p50 and p99.
+    pub batch_size: (Option<f64>, Option<f64>),
     /// The final comparison.
     pub verify: VerifyReport,
     /// Once-a-second samples.
     pub samples: Vec<Sample>,
+}
+
+/// One stage's latency over a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageLatency {
+    /// Stage name (`kafka`, `permit`, `gather`, `plan`, `dead_letter`, `write`, `store_offset`).
+    pub stage: String,
+    /// Median, seconds.
+    pub p50: Option<f64>,
+    /// 99th percentile, seconds.
+    pub p99: Option<f64>,
 }
 
 /// One line of a chart: its legend, colour and (seconds, value) points.

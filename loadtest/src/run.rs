@@ -1,5 +1,6 @@
 //! `run`: flood + verify while sampling throughput, lag and latency once a second.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,8 +9,8 @@ use leafsync_core::{Config, Store};
 use leafsync_kafka::ClientConfigExt as _;
 
 use crate::flood::{flood, progress, FloodConfig};
-use crate::report::RunReport;
-use crate::sample::{delta, latency_buckets, max_bound, quantile, OffsetProbe, Sample};
+use crate::report::{RunReport, StageLatency};
+use crate::sample::{delta, histogram, latency_buckets, max_bound, quantile, OffsetProbe, Sample};
 use crate::verify::wait_until_synced;
 
 /// What to run.
@@ -23,6 +24,39 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Where `report.json`, `report.html` and `expected.jsonl` go.
     pub out: PathBuf,
+}
+
+/// The worker's hot-path stages, in path order (`leafsync_worker_stage_seconds{stage}`).
+const STAGES: [&str; 7] = [
+    "kafka",
+    "permit",
+    "gather",
+    "plan",
+    "dead_letter",
+    "write",
+    "store_offset",
+];
+/// Key of the batch-size histogram among [`stage_histograms`]' results.
+const BATCH_SIZE: &str = "batch_size";
+
+/// Every stage's histogram and the batch-size histogram, summed over the workers.
+async fn stage_histograms(
+    client: &reqwest::Client,
+    urls: &[String],
+) -> BTreeMap<&'static str, BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for stage in STAGES {
+        let h = histogram(
+            client,
+            urls,
+            "leafsync_worker_stage_seconds",
+            Some(("stage", stage)),
+        );
+        out.insert(stage, h.await.unwrap_or_default());
+    }
+    let sizes = histogram(client, urls, "leafsync_worker_batch_size", None).await;
+    out.insert(BATCH_SIZE, sizes.unwrap_or_default());
+    out
 }
 
 /// Messages in the dead-letter topic (sum of its high watermarks). Blocking.
@@ -57,6 +91,7 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
     let hist_start = latency_buckets(&client, &rc.metrics_urls)
         .await
         .unwrap_or_default();
+    let stages_start = stage_histograms(&client, &rc.metrics_urls).await;
 
     let started = Instant::now();
     let fc = rc.flood.clone();
@@ -117,6 +152,23 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?
     };
     let flood_seconds = flood_seconds.unwrap_or(seconds_to_synced);
+    let stages_end = stage_histograms(&client, &rc.metrics_urls).await;
+    let over_run = |name: &str| {
+        let h = delta(&stages_end[name], &stages_start[name]);
+        (quantile(&h, 0.5), quantile(&h, 0.99))
+    };
+    let stages = STAGES
+        .iter()
+        .map(|&stage| {
+            let (p50, p99) = over_run(stage);
+            StageLatency {
+                stage: stage.to_owned(),
+                p50,
+                p99,
+            }
+        })
+        .collect();
+    let batch_size = over_run(BATCH_SIZE);
     let report = RunReport {
         events: expected.produced,
         poison: expected.poison,
@@ -130,6 +182,8 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         latency_p99: quantile(&overall, 0.99),
         latency_max_bound: max_bound(&overall),
         dead_lettered: dlq_after - dlq_before,
+        stages,
+        batch_size,
         verify,
         samples,
     };

@@ -92,6 +92,20 @@ pub async fn latency_buckets(
     client: &reqwest::Client,
     urls: &[String],
 ) -> Option<BTreeMap<String, f64>> {
+    histogram(client, urls, "leafsync_worker_e2e_latency_seconds", None).await
+}
+
+/// Cumulative buckets of histogram `metric`, restricted to samples whose label `select.0` is
+/// `select.1` (all samples when `None`), summed over every metrics URL; `None` when no URL
+/// answered.
+pub async fn histogram(
+    client: &reqwest::Client,
+    urls: &[String],
+    metric: &str,
+    select: Option<(&str, &str)>,
+) -> Option<BTreeMap<String, f64>> {
+    let prefix = format!("{metric}_bucket{{");
+    let wanted = select.map(|(k, v)| format!("{k}=\"{v}\""));
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
     let mut any = false;
     for url in urls {
@@ -100,10 +114,10 @@ pub async fn latency_buckets(
         };
         let Ok(body) = r.text().await else { continue };
         any = true;
-        for line in body
-            .lines()
-            .filter(|l| l.starts_with("leafsync_worker_e2e_latency_seconds_bucket{"))
-        {
+        for line in body.lines().filter(|l| l.starts_with(&prefix)) {
+            if wanted.as_ref().is_some_and(|w| !line.contains(w.as_str())) {
+                continue;
+            }
             let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next());
             let v = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
             if let (Some(le), Some(v)) = (le, v) {

@@ -55,43 +55,64 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["topic"])
+    histogram_by(r, name, help, buckets, "topic")
+}
+
+fn histogram_by(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    label: &str,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &[label])
         .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
 
+/// Registers `m` and hands it back.
+fn registered<M: Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let lag_errors = IntCounter::new(
-            "leafsync_worker_lag_errors_total",
-            "Failed consumer-lag measurements; the gauge keeps its last good value",
-        )
-        .expect("valid metric");
         let r = Registry::new();
+        let lag_errors = registered(
+            &r,
+            IntCounter::new(
+                "leafsync_worker_lag_errors_total",
+                "Failed consumer-lag measurements; the gauge keeps its last good value",
+            )
+            .expect("valid metric"),
+        );
         // 1 ms to 60 s in 1-2-5 steps: a backlog of seconds must not hide in a top bucket.
         let latency = vec![
             0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
             60.0,
         ];
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new(
-                "leafsync_worker_consumer_lag",
-                "High watermark minus committed offset, per partition",
-            ),
-            &["topic", "partition"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(consumer_lag.clone()))
-            .expect("unique metric");
-        let assigned = IntGauge::new(
-            "leafsync_worker_assigned_partitions",
-            "Partitions assigned to this worker",
-        )
-        .expect("valid metric");
-        r.register(Box::new(assigned.clone()))
-            .expect("unique metric");
+        let consumer_lag = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "leafsync_worker_consumer_lag",
+                    "High watermark minus committed offset, per partition",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+        );
+        let assigned = registered(
+            &r,
+            IntGauge::new(
+                "leafsync_worker_assigned_partitions",
+                "Partitions assigned to this worker",
+            )
+            .expect("valid metric"),
+        );
         Self {
             events: counter(
                 &r,
@@ -123,20 +144,14 @@ impl Metrics {
                 "Database write acknowledged minus the Kafka message timestamp",
                 latency.clone(),
             ),
-            stage_seconds: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "leafsync_worker_stage_seconds",
-                        "Time a batch spends per hot-path stage: kafka (first message's timestamp to \
-                         its receipt), permit, gather, plan, dead_letter, write, store_offset",
-                    )
-                    .buckets(latency),
-                    &["stage"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(h.clone())).expect("unique metric");
-                h
-            },
+            stage_seconds: histogram_by(
+                &r,
+                "leafsync_worker_stage_seconds",
+                "Time a batch spends per hot-path stage: kafka (first message's timestamp to its \
+                 receipt), permit, gather, plan, dead_letter, write, store_offset",
+                latency,
+                "stage",
+            ),
             consumer_lag,
             assigned_partitions: assigned,
             rebalances: counter(
@@ -169,11 +184,7 @@ impl Metrics {
                 "Partition rewinds after a message reached its task out of order",
                 &["topic"],
             ),
-            lag_errors: {
-                r.register(Box::new(lag_errors.clone()))
-                    .expect("unique metric");
-                lag_errors
-            },
+            lag_errors,
             registry: r,
         }
     }

@@ -29,7 +29,7 @@ use crate::events::{
     OffsetNotStored, Rewound, Source,
 };
 use crate::input::{Input, Next};
-use crate::plan::{plan, Consumed, Plan, Rules};
+use crate::plan::{plan, Consumed, Plan, Rules, Write};
 use crate::Shared;
 
 /// Partition counts of the consumed topics, shared by the partition tasks: one metadata
@@ -305,8 +305,7 @@ impl PartitionTask {
         collection: &str,
         timed: &mut BatchTimed,
     ) -> OutcomeCounts {
-        let shared = &self.shared;
-        let m = &shared.metrics;
+        let m = &self.shared.metrics;
         let mut counts = OutcomeCounts::default();
         BatchReceived {
             topic: &self.topic,
@@ -321,18 +320,52 @@ impl PartitionTask {
             }
             .emit(m);
         }
+        let started = Instant::now();
         for r in &plan.refusals {
-            shared
+            self.shared
                 .dead_letter
                 .send(&batch[r.msg], r.kind, &r.reason, m)
                 .await;
             self.settled(&mut counts, &batch[r.msg], None, Outcome::DeadLettered);
         }
-        let (index, docs): (Vec<_>, Vec<RawDocumentBuf>) = plan
-            .writes
-            .into_iter()
-            .map(|w| ((w.msg, w.id), w.doc))
-            .unzip();
+        timed.dead_letter = started.elapsed();
+        let started = Instant::now();
+        self.write_and_record(batch, plan.writes, collection, &mut counts)
+            .await;
+        timed.write = started.elapsed();
+        for &(i, id, outcome) in &plan.skipped {
+            self.settled(&mut counts, &batch[i], Some(id), outcome);
+        }
+        // Every event of the batch is now written or dead-lettered: only now may the offset move.
+        let started = Instant::now();
+        if let Some(last) = plan.store_offset {
+            if let Err(e) = self
+                .consumer
+                .store_offset(&self.topic, self.partition, last)
+            {
+                OffsetNotStored {
+                    at: self.source(last),
+                    error: &e.to_string(),
+                }
+                .emit(m);
+            }
+        }
+        timed.store_offset = started.elapsed();
+        counts
+    }
+
+    /// Writes the plan's documents, dead-letters what the database refused, and records each
+    /// event's outcome and, once visible, its end-to-end latency.
+    async fn write_and_record(
+        &self,
+        batch: &[OwnedMessage],
+        writes: Vec<Write>,
+        collection: &str,
+        counts: &mut OutcomeCounts,
+    ) {
+        let m = &self.shared.metrics;
+        let (index, docs): (Vec<_>, Vec<RawDocumentBuf>) =
+            writes.into_iter().map(|w| ((w.msg, w.id), w.doc)).unzip();
         let results = self.write(collection, &docs).await;
         drop(docs);
         let acked_ms = chrono::Utc::now().timestamp_millis();
@@ -342,7 +375,7 @@ impl PartitionTask {
                 Ok(outcome) => outcome,
                 Err(Rejected { code, message }) => {
                     let reason = format!("MongoDB refused the document (code {code}): {message}");
-                    shared
+                    self.shared
                         .dead_letter
                         .send(msg, "rejected_by_database", &reason, m)
                         .await;
@@ -356,27 +389,8 @@ impl PartitionTask {
                 }
                 .emit(m);
             }
-            self.settled(&mut counts, msg, Some(id), outcome);
+            self.settled(counts, msg, Some(id), outcome);
         }
-        for &(i, id, outcome) in &plan.skipped {
-            self.settled(&mut counts, &batch[i], Some(id), outcome);
-        }
-        // Every event of the batch is now written or dead-lettered: only now may the offset move.
-        let storing = Instant::now();
-        if let Some(last) = plan.store_offset {
-            if let Err(e) = self
-                .consumer
-                .store_offset(&self.topic, self.partition, last)
-            {
-                OffsetNotStored {
-                    at: self.source(last),
-                    error: &e.to_string(),
-                }
-                .emit(m);
-            }
-        }
-        timed.store_offset = storing.elapsed();
-        counts
     }
 
     fn settled(

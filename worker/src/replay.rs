@@ -66,85 +66,40 @@ pub fn replay(
     topics: &[String],
     dry_run: bool,
 ) -> Result<Vec<Move>, ReplayError> {
-    let configured = config.types.topics();
-    for t in topics {
-        if !configured.contains(t) {
-            return Err(ReplayError::UnknownTopic(t.clone(), configured.join(", ")));
-        }
-    }
-    let topics: Vec<String> = if topics.is_empty() {
-        configured
-    } else {
-        topics.to_vec()
-    };
+    let topics = chosen_topics(config, topics)?;
     let group = &config.kafka.group_id;
     let consumer: BaseConsumer = config
         .kafka
         .client_config_with(&[("group.id", group), ("enable.auto.commit", "false")])
         .create()?;
-    let groups = consumer.fetch_group_list(Some(group), TIMEOUT)?;
-    if let Some(g) = groups
-        .groups()
-        .iter()
-        .find(|g| g.name() == group && !g.members().is_empty())
-    {
-        let ids: Vec<&str> = g.members().iter().map(|m| m.client_id()).collect();
-        return Err(ReplayError::GroupActive {
-            group: group.clone(),
-            members: ids.len(),
-            ids: ids.join(", "),
-        });
-    }
-    let mut all = TopicPartitionList::new();
-    for topic in &topics {
-        let md = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-        for t in md.topics() {
-            for p in t.partitions() {
-                all.add_partition(t.name(), p.id());
-            }
-        }
-    }
+    refuse_if_active(&consumer, group)?;
+    let all = partitions(&consumer, &topics)?;
     let committed = consumer.committed_offsets(all.clone(), TIMEOUT)?;
     let targets = match target {
         Target::Earliest => None,
-        Target::At(t) => {
-            let mut q = TopicPartitionList::new();
-            for e in all.elements() {
-                q.add_partition_offset(
-                    e.topic(),
-                    e.partition(),
-                    Offset::Offset(t.timestamp_millis()),
-                )?;
-            }
-            Some(consumer.offsets_for_times(q, TIMEOUT)?)
-        }
+        Target::At(t) => Some(offsets_at(&consumer, &all, t)?),
     };
     let mut plan = Vec::new();
     let mut commit = TopicPartitionList::new();
     for e in all.elements() {
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), TIMEOUT)?;
-        let current = committed
+        let offset_in = |list: &TopicPartitionList| match list
             .find_partition(e.topic(), e.partition())
-            .and_then(|c| match c.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
+            .map(|x| x.offset())
+        {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
         let new = match &targets {
             None => low,
-            Some(t) => match t
-                .find_partition(e.topic(), e.partition())
-                .map(|x| x.offset())
-            {
-                Some(Offset::Offset(o)) => o,
-                // No message at or after the time: nothing to re-read.
-                _ => high,
-            },
+            // No message at or after the time: nothing to re-read.
+            Some(t) => offset_in(t).unwrap_or(high),
         };
         commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(new))?;
         plan.push(Move {
             topic: e.topic().to_owned(),
             partition: e.partition(),
-            current,
+            current: offset_in(&committed),
             new,
             to_reread: high - new,
         });
@@ -153,6 +108,73 @@ pub fn replay(
         consumer.commit(&commit, CommitMode::Sync)?;
     }
     Ok(plan)
+}
+
+/// `topics`, checked against the configured image topics; all of them when empty.
+fn chosen_topics(config: &Config, topics: &[String]) -> Result<Vec<String>, ReplayError> {
+    let configured = config.types.topics();
+    if let Some(t) = topics.iter().find(|t| !configured.contains(t)) {
+        return Err(ReplayError::UnknownTopic(t.clone(), configured.join(", ")));
+    }
+    Ok(if topics.is_empty() {
+        configured
+    } else {
+        topics.to_vec()
+    })
+}
+
+/// Running workers would overwrite the reset with their own commits.
+fn refuse_if_active(consumer: &BaseConsumer, group: &str) -> Result<(), ReplayError> {
+    let groups = consumer.fetch_group_list(Some(group), TIMEOUT)?;
+    match groups
+        .groups()
+        .iter()
+        .find(|g| g.name() == group && !g.members().is_empty())
+    {
+        Some(g) => {
+            let ids: Vec<&str> = g.members().iter().map(|m| m.client_id()).collect();
+            Err(ReplayError::GroupActive {
+                group: group.to_owned(),
+                members: ids.len(),
+                ids: ids.join(", "),
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// Every partition of `topics`.
+fn partitions(
+    consumer: &BaseConsumer,
+    topics: &[String],
+) -> Result<TopicPartitionList, ReplayError> {
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                all.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// The first offset at or after `t` in each partition of `all`.
+fn offsets_at(
+    consumer: &BaseConsumer,
+    all: &TopicPartitionList,
+    t: DateTime<Utc>,
+) -> Result<TopicPartitionList, ReplayError> {
+    let mut q = TopicPartitionList::new();
+    for e in all.elements() {
+        q.add_partition_offset(
+            e.topic(),
+            e.partition(),
+            Offset::Offset(t.timestamp_millis()),
+        )?;
+    }
+    Ok(consumer.offsets_for_times(q, TIMEOUT)?)
 }
 
 /// The plan as a table.
