@@ -18,7 +18,7 @@ stack-down:
 	$(STACK) down
 
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --release --workspace --bins
 
 test: stack-up
 	eval "$$($(STACK) env)"; $(CARGO) test --workspace --all-targets

@@ -375,6 +375,8 @@ pub struct WorkerConfig {
     pub queued_max_kbytes: u64,
     /// Size of one fetch response, KiB: the unit of pre-fetch, so the main driver of memory.
     pub fetch_max_kbytes: u64,
+    /// Longest a fetch request waits at the broker for data (librdkafka `fetch.wait.max.ms`).
+    pub fetch_wait_max_ms: u64,
     /// Partitions that may hold a full batch and write at the same time.
     pub max_in_flight_batches: usize,
     /// How often the consumer-lag gauges are refreshed.
@@ -590,6 +592,12 @@ impl Config {
         positive("worker.stuck_after_ms", w.stuck_after_ms)?;
         positive("worker.lag_interval_ms", w.lag_interval_ms)?;
         positive("worker.queued_max_kbytes", w.queued_max_kbytes)?;
+        if w.fetch_wait_max_ms > 300_000 {
+            return Err(invalid(
+                "worker.fetch_wait_max_ms",
+                "must be at most 300000 (librdkafka's limit)",
+            ));
+        }
         if !(1..=65_536).contains(&w.fetch_max_kbytes) {
             return Err(invalid(
                 "worker.fetch_max_kbytes",

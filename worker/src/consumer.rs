@@ -270,6 +270,7 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
     let queued = cfg.worker.queued_max_kbytes.to_string();
     let queued_min = cfg.worker.batch.max_events.to_string();
     let fetch = (cfg.worker.fetch_max_kbytes * 1024).to_string();
+    let fetch_wait = cfg.worker.fetch_wait_max_ms.to_string();
     let fetch_per_partition = (cfg.worker.fetch_max_kbytes * 512).to_string();
     let mut c = cfg.kafka.client_config_with(&[
         ("group.id", &cfg.kafka.group_id),
@@ -294,6 +295,7 @@ fn consumer_config(cfg: &Config, worker_id: &str) -> rdkafka::ClientConfig {
         ("fetch.max.bytes", &fetch),
         ("message.max.bytes", &fetch),
         ("fetch.message.max.bytes", &fetch_per_partition),
+        ("fetch.wait.max.ms", &fetch_wait),
         ("enable.partition.eof", "false"),
     ]);
     if let Some(id) = &cfg.worker.instance_id {

@@ -153,7 +153,7 @@ impl PartitionTask {
     }
 
     /// Up to `batch.max_events` messages, or what arrived within `batch.max_wait_ms` of the
-    /// first one, with the in-flight permit to hold until written.
+    /// permit, with the in-flight permit to hold until written.
     async fn gather(&mut self) -> Gathered {
         let stop = self.stop.clone();
         let first = tokio::select! {
