@@ -1,7 +1,7 @@
 //! Coalesced reads: concurrent lookups of one image type share one `$in` query.
 //!
-//! Opportunistic, so an idle API adds no latency: with no query in flight, a lookup starts one
-//! at once, alone. Lookups that arrive while a query is in flight queue up and go out together,
+//! Opportunistic, so an idle API adds no latency: with no query in flight, a lookup runs its own
+//! query at once, alone, in its own task. Lookups that arrive while a query is in flight queue up and go out together,
 //! up to `max_batch`, as the next query, as soon as the previous one returns. One query of 16–64
 //! ids costs about what one single-id query does on MongoDB (docs/benchmarks.md), so under load
 //! the API makes fewer, fuller round trips for the same answers.
@@ -109,19 +109,66 @@ where
     /// caller bounds the wait (dropping this future gives up the answer, not the query).
     pub async fn get(&self, key: K) -> Answer<V, E> {
         let (reply, answer) = oneshot::channel();
-        let start = {
+        let lead = {
             let mut lane = lock(&self.inner.lane);
-            lane.waiting.push(Waiter {
-                key,
-                reply,
-                span: tracing::Span::current(),
-            });
-            !std::mem::replace(&mut lane.running, true)
+            // Nothing in flight: this lookup's query runs right here, with no hand-off to
+            // another task. Lookups that arrive meanwhile queue up for the next query.
+            let idle = !std::mem::replace(&mut lane.running, true);
+            if !idle {
+                lane.waiting.push(Waiter {
+                    key: key.clone(),
+                    reply,
+                    span: tracing::Span::current(),
+                });
+            }
+            idle
         };
-        if start {
-            tokio::spawn(drive(self.inner.clone()));
+        if lead {
+            return self.lead(key).await;
         }
         answer.await.unwrap_or(Err(ReadError::Abandoned))
+    }
+
+    /// Runs one lookup's query in the caller's task, then hands the lane over: to a driver
+    /// task when lookups queued up meanwhile, else back to idle. The hand-over also happens when
+    /// the caller gives up (drops this future) or the query panics.
+    async fn lead(&self, key: K) -> Answer<V, E> {
+        let _handover = Handover(&self.inner);
+        (self.inner.on_query)(1);
+        let result = tokio::time::timeout(
+            self.inner.query_timeout,
+            (self.inner.fetch)(vec![key.clone()]),
+        )
+        .await;
+        match result {
+            Ok(Ok(found)) => Ok(found.get(&key).cloned()),
+            Ok(Err(e)) => Err(ReadError::Failed(e)),
+            Err(_) => Err(ReadError::TimedOut),
+        }
+    }
+}
+
+/// Passes a lane led inline on to a driver task (lookups are waiting) or marks it idle.
+struct Handover<'a, K, V, E>(&'a Arc<Inner<K, V, E>>)
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+    E: Clone + Send + 'static;
+
+impl<K, V, E> Drop for Handover<'_, K, V, E>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+    E: Clone + Send + 'static,
+{
+    fn drop(&mut self) {
+        let mut lane = lock(&self.0.lane);
+        if lane.waiting.is_empty() {
+            lane.running = false;
+        } else {
+            drop(lane);
+            tokio::spawn(drive(self.0.clone()));
+        }
     }
 }
 
@@ -326,10 +373,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_query_abandons_its_lookups_and_the_lane_recovers() {
+    async fn a_panicking_query_fails_its_lookup_and_the_lane_recovers() {
         let calls = Arc::new(AtomicUsize::new(0));
         let n = calls.clone();
-        let c: Coalescer<u32, u32, String> = Coalescer::new(
+        let c: Arc<Coalescer<u32, u32, String>> = Arc::new(Coalescer::new(
             "find t",
             8,
             Duration::from_secs(1),
@@ -341,8 +388,31 @@ mod tests {
                 }
             },
             |_| {},
-        );
-        assert_eq!(c.get(1).await, Err(ReadError::Abandoned));
-        assert_eq!(c.get(2).await, Ok(Some(4)));
+        ));
+        // The first lookup leads (runs its query in its own task): the panic is that task's.
+        let c1 = c.clone();
+        let led = tokio::spawn(async move { c1.get(1).await }).await;
+        assert!(led.unwrap_err().is_panic());
+        assert_eq!(c.get(2).await, Ok(Some(4)), "the lane is idle again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_gives_up_hands_the_queued_lookups_on() {
+        let db = table(10);
+        let (c, sizes) = over(&db, Duration::from_millis(100), false);
+        let c = Arc::new(c);
+        // The leader's caller gives up after 10 ms, while its query still runs; two lookups
+        // queued behind it must still be answered.
+        let leader = {
+            let c = c.clone();
+            tokio::spawn(
+                async move { tokio::time::timeout(Duration::from_millis(10), c.get(1)).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (a, b) = tokio::join!(c.get(2), c.get(3));
+        assert!(leader.await.unwrap().is_err(), "the leader timed out");
+        assert_eq!((a, b), (Ok(Some("v2".into())), Ok(Some("v3".into()))));
+        assert_eq!(*lock(&sizes), [1, 2], "the queued two went out together");
     }
 }
