@@ -498,11 +498,7 @@ impl Store {
         outcomes: &mut [WriteResult],
         duplicates: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
-        let mut updates = RawArrayBuf::new();
-        for &i in indexes {
-            updates.push(guarded_upsert(&docs[i]));
-        }
-        let command = rawdoc! {"update": collection, "updates": updates, "ordered": false};
+        let command = update_command(collection, indexes.iter().map(|&i| docs[i].as_ref()));
         let reply = self
             .db
             .run_raw_command(command)
@@ -555,6 +551,18 @@ fn int_field(d: &Document, key: &str) -> Option<usize> {
         Bson::Double(v) if *v >= 0.0 => Some(*v as usize),
         _ => None,
     }
+}
+
+/// The unordered, stale-guarded `update` command for `docs`, as it goes on the wire.
+pub fn update_command<'a>(
+    collection: &str,
+    docs: impl IntoIterator<Item = &'a RawDocument>,
+) -> RawDocumentBuf {
+    let mut updates = RawArrayBuf::new();
+    for d in docs {
+        updates.push(guarded_upsert(d));
+    }
+    rawdoc! {"update": collection, "updates": updates, "ordered": false}
 }
 
 /// One statement of the `update` command: replace `d` if the stored version is not newer,
