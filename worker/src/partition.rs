@@ -153,7 +153,7 @@ impl PartitionTask {
     }
 
     /// Up to `batch.max_events` messages, or what arrived within `batch.max_wait_ms` of the
-    /// permit, with the in-flight permit to hold until written.
+    /// first one; then the in-flight permit to hold until they are written.
     async fn gather(&mut self) -> Gathered {
         let stop = self.stop.clone();
         let first = tokio::select! {
@@ -173,16 +173,8 @@ impl PartitionTask {
             }),
             ..BatchTimed::default()
         };
-        // Only partitions holding a permit gather a full batch; the rest wait with their events
-        // still queued in librdkafka, which bounds the worker's memory.
-        let permit = tokio::select! {
-            biased;
-            // Stopping: handle the one event in hand without waiting for a permit.
-            () = stop.cancelled() => return Gathered::Batch(vec![first], None, timed),
-            p = self.shared.in_flight.clone().acquire_owned() => p.ok(),
-        };
-        timed.permit = received.elapsed();
-        let permitted = Instant::now();
+        // Gather first, then wait for a permit: a permit bounds concurrent writes, and holding one
+        // through the gather wait would keep the database idle while other partitions queue.
         let max = self.shared.config.worker.batch.max_events;
         let deadline =
             tokio::time::Instant::now() + ms(self.shared.config.worker.batch.max_wait_ms);
@@ -199,7 +191,15 @@ impl PartitionTask {
                 },
             }
         }
-        timed.gather = permitted.elapsed();
+        timed.gather = received.elapsed();
+        let permitted = Instant::now();
+        let permit = tokio::select! {
+            biased;
+            // Stopping: handle the batch in hand without waiting for a permit.
+            () = stop.cancelled() => None,
+            p = self.shared.in_flight.clone().acquire_owned() => p.ok(),
+        };
+        timed.permit = permitted.elapsed();
         Gathered::Batch(batch, permit, timed)
     }
 
