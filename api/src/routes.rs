@@ -353,7 +353,13 @@ mod tests {
         segments: &[String],
         query: &str,
     ) -> Result<(), (u16, &'static str)> {
-        let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+        // Repeated leading slashes are ignored (`//live` is `/live`).
+        let seg: Vec<&str> = segments
+            .iter()
+            .map(String::as_str)
+            .skip_while(|s| s.is_empty())
+            .collect();
+        let seg = if seg.is_empty() { vec![""] } else { seg };
         match seg.as_slice() {
             ["live"] | ["ready"] | ["metrics"] | ["openapi.json"] => {}
             ["image-plant", t, rest] => {
