@@ -176,16 +176,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Marks the lane idle when the driver ends, however it ends: on a panic, the lookups still
+/// Marks the lane idle when the driver ends abnormally (its query panicked): the lookups still
 /// queued get [`ReadError::Abandoned`] (their senders drop) and the next lookup starts a new
-/// driver.
-struct Idle<'a, K, V, E>(&'a Mutex<Lane<K, V, E>>);
+/// driver. A driver that ends normally disarms it under the lock that saw the queue empty;
+/// acting after that lock is released could clobber a lane a new lookup has already taken.
+struct Abandon<'a, K, V, E> {
+    lane: &'a Mutex<Lane<K, V, E>>,
+    armed: bool,
+}
 
-impl<K, V, E> Drop for Idle<'_, K, V, E> {
+impl<K, V, E> Drop for Abandon<'_, K, V, E> {
     fn drop(&mut self) {
-        let mut lane = lock(self.0);
-        lane.running = false;
-        lane.waiting.clear();
+        if self.armed {
+            let mut lane = lock(self.lane);
+            lane.running = false;
+            lane.waiting.clear();
+        }
     }
 }
 
@@ -196,7 +202,10 @@ where
     V: Clone + Send + 'static,
     E: Clone + Send + 'static,
 {
-    let _idle = Idle(&inner.lane);
+    let mut abandon = Abandon {
+        lane: &inner.lane,
+        armed: true,
+    };
     loop {
         let batch: Vec<Waiter<K, V, E>> = {
             let mut lane = lock(&inner.lane);
@@ -205,6 +214,7 @@ where
                 // Set idle under the same lock that saw the queue empty, so no lookup is left
                 // behind without a driver.
                 lane.running = false;
+                abandon.armed = false;
                 return;
             }
             lane.waiting.drain(..n).collect()
