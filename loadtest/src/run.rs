@@ -10,7 +10,9 @@ use leafsync_kafka::ClientConfigExt as _;
 
 use crate::flood::{flood, progress, FloodConfig};
 use crate::report::{RunReport, StageLatency};
-use crate::sample::{delta, histogram, latency_buckets, max_bound, quantile, OffsetProbe, Sample};
+use crate::sample::{
+    delta, histogram, latency_buckets, max_bound, quantile, scrape, OffsetProbe, Sample,
+};
 use crate::verify::wait_until_synced;
 
 /// What to run.
@@ -39,23 +41,28 @@ const STAGES: [&str; 7] = [
 /// Key of the batch-size histogram among [`stage_histograms`]' results.
 const BATCH_SIZE: &str = "batch_size";
 
-/// Every stage's histogram and the batch-size histogram, summed over the workers.
+/// Every stage's histogram and the batch-size histogram, summed over the workers (one scrape
+/// of each worker).
 async fn stage_histograms(
     client: &reqwest::Client,
     urls: &[String],
 ) -> BTreeMap<&'static str, BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for stage in STAGES {
-        let h = histogram(
-            client,
-            urls,
-            "leafsync_worker_stage_seconds",
-            Some(("stage", stage)),
-        );
-        out.insert(stage, h.await.unwrap_or_default());
-    }
-    let sizes = histogram(client, urls, "leafsync_worker_batch_size", None).await;
-    out.insert(BATCH_SIZE, sizes.unwrap_or_default());
+    let pages = scrape(client, urls).await.unwrap_or_default();
+    let mut out: BTreeMap<_, _> = STAGES
+        .iter()
+        .map(|&stage| {
+            let h = histogram(
+                &pages,
+                "leafsync_worker_stage_seconds",
+                Some(("stage", stage)),
+            );
+            (stage, h)
+        })
+        .collect();
+    out.insert(
+        BATCH_SIZE,
+        histogram(&pages, "leafsync_worker_batch_size", None),
+    );
     out
 }
 

@@ -92,40 +92,53 @@ pub async fn latency_buckets(
     client: &reqwest::Client,
     urls: &[String],
 ) -> Option<BTreeMap<String, f64>> {
-    histogram(client, urls, "leafsync_worker_e2e_latency_seconds", None).await
+    let pages = scrape(client, urls).await?;
+    Some(histogram(
+        &pages,
+        "leafsync_worker_e2e_latency_seconds",
+        None,
+    ))
 }
 
-/// Cumulative buckets of histogram `metric`, restricted to samples whose label `select.0` is
-/// `select.1` (all samples when `None`), summed over every metrics URL; `None` when no URL
-/// answered.
-pub async fn histogram(
-    client: &reqwest::Client,
-    urls: &[String],
-    metric: &str,
-    select: Option<(&str, &str)>,
-) -> Option<BTreeMap<String, f64>> {
-    let prefix = format!("{metric}_bucket{{");
-    let wanted = select.map(|(k, v)| format!("{k}=\"{v}\""));
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    let mut any = false;
+/// The `/metrics` page of every URL that answers; `None` when none does.
+pub async fn scrape(client: &reqwest::Client, urls: &[String]) -> Option<Vec<String>> {
+    let mut pages = Vec::new();
     for url in urls {
         let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await else {
             continue;
         };
-        let Ok(body) = r.text().await else { continue };
-        any = true;
-        for line in body.lines().filter(|l| l.starts_with(&prefix)) {
-            if wanted.as_ref().is_some_and(|w| !line.contains(w.as_str())) {
-                continue;
-            }
-            let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next());
-            let v = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-            if let (Some(le), Some(v)) = (le, v) {
-                *out.entry(le.to_owned()).or_default() += v;
-            }
+        if let Ok(body) = r.text().await {
+            pages.push(body);
         }
     }
-    any.then_some(out)
+    (!pages.is_empty()).then_some(pages)
+}
+
+/// Cumulative buckets of histogram `metric` in `pages`, restricted to samples whose label
+/// `select.0` is `select.1` (all samples when `None`), summed over the pages.
+pub fn histogram(
+    pages: &[String],
+    metric: &str,
+    select: Option<(&str, &str)>,
+) -> BTreeMap<String, f64> {
+    let prefix = format!("{metric}_bucket{{");
+    let wanted = select.map(|(k, v)| format!("{k}=\"{v}\""));
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for line in pages
+        .iter()
+        .flat_map(|p| p.lines())
+        .filter(|l| l.starts_with(&prefix))
+    {
+        if wanted.as_ref().is_some_and(|w| !line.contains(w.as_str())) {
+            continue;
+        }
+        let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next());
+        let v = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(le), Some(v)) = (le, v) {
+            *out.entry(le.to_owned()).or_default() += v;
+        }
+    }
+    out
 }
 
 /// Buckets as (upper bound, cumulative count), ascending; `+Inf` last.
