@@ -8,6 +8,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
+use leafsync_core::config::{ms, RetryConfig};
 use rand::Rng;
 
 use crate::events::{Emit, RetryScheduled};
@@ -29,6 +30,11 @@ impl Backoff {
             max,
             attempt: 0,
         }
+    }
+
+    /// The backoff `worker.retry` configures.
+    pub fn from_config(retry: &RetryConfig) -> Self {
+        Self::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms))
     }
 
     /// How many retries so far.

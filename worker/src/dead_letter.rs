@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use leafsync_core::config::{ms, Config};
+use leafsync_core::config::Config;
 use leafsync_kafka::ClientConfigExt as _;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,8 +35,7 @@ pub struct DeadLetter {
     producer: FutureProducer,
     topic: String,
     worker_id: String,
-    initial_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for DeadLetter {
@@ -62,8 +61,7 @@ impl DeadLetter {
             producer,
             topic: cfg.kafka.dead_letter_topic.clone(),
             worker_id: worker_id.to_owned(),
-            initial_backoff: ms(cfg.worker.retry.initial_backoff_ms),
-            max_backoff: ms(cfg.worker.retry.max_backoff_ms),
+            backoff: Backoff::from_config(&cfg.worker.retry),
         })
     }
 
@@ -104,10 +102,9 @@ impl DeadLetter {
             }
             record
         };
-        let backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         retry_forever(
             "dead_letter",
-            backoff,
+            self.backoff.clone(),
             metrics,
             |_| "transient",
             || async {

@@ -89,6 +89,12 @@ impl std::fmt::Debug for PartitionTask {
     }
 }
 
+/// The time from a Kafka message timestamp to `now` (both ms since the epoch); zero if the
+/// producer's clock is ahead.
+fn since(timestamp_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis((now_ms - timestamp_ms).max(0).unsigned_abs())
+}
+
 /// What [`PartitionTask::gather`] ends with.
 enum Gathered {
     /// A batch, with the in-flight permit to hold until it is written, and the time it took.
@@ -167,10 +173,10 @@ impl PartitionTask {
         };
         let received = Instant::now();
         let mut timed = BatchTimed {
-            kafka: first.timestamp().to_millis().map(|ts| {
-                let now = chrono::Utc::now().timestamp_millis();
-                Duration::from_millis((now - ts).max(0).unsigned_abs())
-            }),
+            kafka: first
+                .timestamp()
+                .to_millis()
+                .map(|ts| since(ts, chrono::Utc::now().timestamp_millis())),
             ..BatchTimed::default()
         };
         // Gather first, then wait for a permit: a permit bounds concurrent writes, and holding one
@@ -211,8 +217,7 @@ impl PartitionTask {
             seen,
         }
         .emit(&self.shared.metrics);
-        let retry = &self.shared.config.worker.retry;
-        let backoff = Backoff::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms));
+        let backoff = Backoff::from_config(&self.shared.config.worker.retry);
         retry_forever(
             "seek",
             backoff,
@@ -385,7 +390,7 @@ impl PartitionTask {
             if let (true, Some(ts)) = (outcome.is_visible(), msg.timestamp().to_millis()) {
                 EventVisible {
                     topic: &self.topic,
-                    latency: Duration::from_millis((acked_ms - ts).max(0).unsigned_abs()),
+                    latency: since(ts, acked_ms),
                 }
                 .emit(m);
             }
@@ -444,8 +449,7 @@ impl PartitionTask {
         if docs.is_empty() {
             return Vec::new();
         }
-        let retry = &self.shared.config.worker.retry;
-        let backoff = Backoff::new(ms(retry.initial_backoff_ms), ms(retry.max_backoff_ms));
+        let backoff = Backoff::from_config(&self.shared.config.worker.retry);
         let store = &self.shared.store;
         retry_forever(
             "database_write",
