@@ -310,22 +310,19 @@ impl Store {
         ids: &[ImageId],
     ) -> Result<HashMap<ImageId, Document>, StoreError> {
         let wanted: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        let mut cursor = self
-            .collection(collection)
-            .find(doc! {"id": {"$in": wanted}})
-            .projection(doc! {"_id": 0})
-            .await
-            .map_err(|e| StoreError::driver("find", e))?;
         let mut out = HashMap::with_capacity(ids.len());
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .map_err(|e| StoreError::driver("find", e))?
-        {
-            if let Some(id) = d.get_i64("id").ok().and_then(|id| ImageId::new(id).ok()) {
-                out.insert(id, d);
-            }
-        }
+        self.scan(
+            collection,
+            doc! {"id": {"$in": wanted}},
+            doc! {"_id": 0},
+            "find",
+            |d| {
+                if let Some(id) = d.get_i64("id").ok().and_then(|id| ImageId::new(id).ok()) {
+                    out.insert(id, d);
+                }
+            },
+        )
+        .await?;
         Ok(out)
     }
 
@@ -346,18 +343,31 @@ impl Store {
     pub async fn for_each(
         &self,
         collection: &str,
+        f: impl FnMut(Document),
+    ) -> Result<(), StoreError> {
+        self.scan(collection, doc! {}, doc! {"_id": 0}, "find", f)
+            .await
+    }
+
+    /// Streams the documents of `collection` matching `filter`, shaped by `projection`, to `f`.
+    async fn scan(
+        &self,
+        collection: &str,
+        filter: Document,
+        projection: Document,
+        op: &'static str,
         mut f: impl FnMut(Document),
     ) -> Result<(), StoreError> {
         let mut cursor = self
             .collection(collection)
-            .find(doc! {})
-            .projection(doc! {"_id": 0})
+            .find(filter)
+            .projection(projection)
             .await
-            .map_err(|e| StoreError::driver("find", e))?;
+            .map_err(|e| StoreError::driver(op, e))?;
         while let Some(d) = cursor
             .try_next()
             .await
-            .map_err(|e| StoreError::driver("find", e))?
+            .map_err(|e| StoreError::driver(op, e))?
         {
             f(d);
         }
@@ -446,22 +456,19 @@ impl Store {
         docs: &[RawDocumentBuf],
     ) -> Result<HashMap<i64, Version>, StoreError> {
         let ids: Vec<i64> = docs.iter().filter_map(|d| d.get_i64("id").ok()).collect();
-        let mut cursor = self
-            .collection(collection)
-            .find(doc! {"id": {"$in": ids}})
-            .projection(doc! {"_id": 0, "id": 1, "updated_at": 1})
-            .await
-            .map_err(|e| StoreError::driver("find versions", e))?;
         let mut out = HashMap::with_capacity(docs.len());
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .map_err(|e| StoreError::driver("find versions", e))?
-        {
-            if let (Ok(id), Ok(at)) = (d.get_i64("id"), d.get_datetime("updated_at")) {
-                out.insert(id, Version::from_bson(*at));
-            }
-        }
+        self.scan(
+            collection,
+            doc! {"id": {"$in": ids}},
+            doc! {"_id": 0, "id": 1, "updated_at": 1},
+            "find versions",
+            |d| {
+                if let (Ok(id), Ok(at)) = (d.get_i64("id"), d.get_datetime("updated_at")) {
+                    out.insert(id, Version::from_bson(*at));
+                }
+            },
+        )
+        .await?;
         Ok(out)
     }
 
