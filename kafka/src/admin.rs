@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use leafsync_core::config::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication, TopicResult};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -40,52 +40,55 @@ impl AdminError {
     }
 }
 
+/// An admin client for `cfg` and the options every request here uses.
+fn admin(
+    cfg: &KafkaConfig,
+) -> Result<(AdminClient<DefaultClientContext>, AdminOptions), AdminError> {
+    let client = cfg
+        .client_config()
+        .create()
+        .map_err(AdminError::client("admin client"))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    Ok((client, opts))
+}
+
+/// The first per-topic refusal other than `fine` (e.g. "already exists" when creating).
+fn refusals(results: Vec<TopicResult>, fine: RDKafkaErrorCode) -> Result<(), AdminError> {
+    for r in results {
+        match r {
+            Err((topic, code)) if code != fine => return Err(AdminError::Topic { topic, code }),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Creates each topic with `partitions` partitions unless it exists.
 pub async fn ensure_topics(
     cfg: &KafkaConfig,
     topics: &[&str],
     partitions: i32,
 ) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> = cfg
-        .client_config()
-        .create()
-        .map_err(AdminError::client("admin client"))?;
+    let (admin, opts) = admin(cfg)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&new, &opts)
         .await
         .map_err(AdminError::client("create topics"))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
-        }
-    }
-    Ok(())
+    refusals(results, RDKafkaErrorCode::TopicAlreadyExists)
 }
 
 /// Deletes topics; ones that do not exist are not an error (for test clean-up).
 pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> = cfg
-        .client_config()
-        .create()
-        .map_err(AdminError::client("admin client"))?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let (admin, opts) = admin(cfg)?;
     let results = admin
         .delete_topics(topics, &opts)
         .await
         .map_err(AdminError::client("delete topics"))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
-        }
-    }
-    Ok(())
+    refusals(results, RDKafkaErrorCode::UnknownTopicOrPartition)
 }
 
 /// How many partitions `topic` has (0 when it does not exist).
