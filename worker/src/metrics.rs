@@ -77,42 +77,20 @@ fn registered<M: Collector + Clone + 'static>(r: &Registry, m: M) -> M {
     m
 }
 
+/// 1 ms to 60 s in 1-2-5 steps: a backlog of seconds must not hide in a top bucket.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Events per batch, up to beyond the largest `batch.max_events` anyone should set.
+const BATCH_SIZE_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let r = Registry::new();
-        let lag_errors = registered(
-            &r,
-            IntCounter::new(
-                "leafsync_worker_lag_errors_total",
-                "Failed consumer-lag measurements; the gauge keeps its last good value",
-            )
-            .expect("valid metric"),
-        );
-        // 1 ms to 60 s in 1-2-5 steps: a backlog of seconds must not hide in a top bucket.
-        let latency = vec![
-            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
-            60.0,
-        ];
-        let consumer_lag = registered(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "leafsync_worker_consumer_lag",
-                    "High watermark minus committed offset, per partition",
-                ),
-                &["topic", "partition"],
-            )
-            .expect("valid metric"),
-        );
-        let assigned = registered(
-            &r,
-            IntGauge::new(
-                "leafsync_worker_assigned_partitions",
-                "Partitions assigned to this worker",
-            )
-            .expect("valid metric"),
-        );
         Self {
             events: counter(
                 &r,
@@ -130,30 +108,47 @@ impl Metrics {
                 &r,
                 "leafsync_worker_batch_size",
                 "Events per batch",
-                vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+                BATCH_SIZE_BUCKETS.to_vec(),
             ),
             batch_write_seconds: histogram(
                 &r,
                 "leafsync_worker_batch_write_seconds",
                 "Duration of one batch's database write, retries included",
-                latency.clone(),
+                LATENCY_BUCKETS.to_vec(),
             ),
             e2e_latency_seconds: histogram(
                 &r,
                 "leafsync_worker_e2e_latency_seconds",
                 "Database write acknowledged minus the Kafka message timestamp",
-                latency.clone(),
+                LATENCY_BUCKETS.to_vec(),
             ),
             stage_seconds: histogram_by(
                 &r,
                 "leafsync_worker_stage_seconds",
                 "Time a batch spends per hot-path stage: kafka (first message's timestamp to its \
                  receipt), permit, gather, plan, dead_letter, write, store_offset",
-                latency,
+                LATENCY_BUCKETS.to_vec(),
                 "stage",
             ),
-            consumer_lag,
-            assigned_partitions: assigned,
+            consumer_lag: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "leafsync_worker_consumer_lag",
+                        "High watermark minus committed offset, per partition",
+                    ),
+                    &["topic", "partition"],
+                )
+                .expect("valid metric"),
+            ),
+            assigned_partitions: registered(
+                &r,
+                IntGauge::new(
+                    "leafsync_worker_assigned_partitions",
+                    "Partitions assigned to this worker",
+                )
+                .expect("valid metric"),
+            ),
             rebalances: counter(
                 &r,
                 "leafsync_worker_rebalances_total",
@@ -184,7 +179,14 @@ impl Metrics {
                 "Partition rewinds after a message reached its task out of order",
                 &["topic"],
             ),
-            lag_errors,
+            lag_errors: registered(
+                &r,
+                IntCounter::new(
+                    "leafsync_worker_lag_errors_total",
+                    "Failed consumer-lag measurements; the gauge keeps its last good value",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
