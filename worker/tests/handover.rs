@@ -121,17 +121,17 @@ async fn first_writes(
 /// longest time from the signal to the first write of one of its partitions by the other.
 async fn scale_in(static_ids: bool) -> Duration {
     let env = Arc::new(TestEnv::new().await);
-    let id = |n: &str| format!("{}-{n}", env.name);
-    let (id1, id2) = (id("w1"), id("w2"));
-    let extra = |id: &str| {
+    // With static membership each worker gets an instance id of its own (unique across runs);
+    // otherwise no extra setting.
+    let (id1, id2) = (format!("{}-w1", env.name), format!("{}-w2", env.name));
+    let extra = |id: &str| -> Vec<(&'static str, String)> {
         if static_ids {
             vec![("LEAFSYNC__WORKER__INSTANCE_ID", id.to_owned())]
         } else {
             Vec::new()
         }
     };
-    let env_of = |v: &Vec<(&'static str, String)>| -> Vec<(&str, String)> { v.clone() };
-    let (e1, e2) = (env_of(&extra(&id1)), env_of(&extra(&id2)));
+    let (e1, e2) = (extra(&id1), extra(&id2));
     let e1: Vec<(&str, &str)> = e1.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let e2: Vec<(&str, &str)> = e2.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut w1 = env.spawn_worker("w1", &e1);
@@ -139,8 +139,11 @@ async fn scale_in(static_ids: bool) -> Duration {
     let stop = Arc::new(AtomicBool::new(false));
     let producer = stream(&env, stop.clone());
     wait_balanced(&[&w1, &w2], 18).await;
-    // Let both write their own partitions for a moment, so "before" is complete.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // w1's partitions are the ones it writes once the assignment has settled. (Which worker
+    // first owned all 18 depends on who joined first, so writes before that say nothing.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = Utc::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let t0 = Utc::now();
     w1.signal("-TERM");
@@ -150,12 +153,10 @@ async fn scale_in(static_ids: bool) -> Duration {
         "{}",
         w1.log_tail()
     );
-    let before = written(&w2, |t| t < t0);
-    let moved: BTreeSet<Partition> = written(&w1, |t| t < t0)
-        .difference(&before)
-        .cloned()
-        .collect();
+    let moved = written(&w1, |t| t >= settled && t < t0);
+    let kept = written(&w2, |t| t >= settled && t < t0);
     assert!(!moved.is_empty(), "w1 owned partitions");
+    assert!(moved.is_disjoint(&kept), "one owner per partition: {moved:?} vs {kept:?}");
     let first = first_writes(&w2, &moved, t0, Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     let expected = producer.await.unwrap();
