@@ -156,7 +156,10 @@ async fn scale_in(static_ids: bool) -> Duration {
     let moved = written(&w1, |t| t >= settled && t < t0);
     let kept = written(&w2, |t| t >= settled && t < t0);
     assert!(!moved.is_empty(), "w1 owned partitions");
-    assert!(moved.is_disjoint(&kept), "one owner per partition: {moved:?} vs {kept:?}");
+    assert!(
+        moved.is_disjoint(&kept),
+        "one owner per partition: {moved:?} vs {kept:?}"
+    );
     let first = first_writes(&w2, &moved, t0, Duration::from_secs(60)).await;
     stop.store(true, Ordering::Relaxed);
     let expected = producer.await.unwrap();
