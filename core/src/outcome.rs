@@ -71,7 +71,19 @@ pub struct OutcomeCounts([u64; Outcome::ALL.len()]);
 impl OutcomeCounts {
     /// Counts one more `outcome`.
     pub fn add(&mut self, outcome: Outcome) {
-        self.0[outcome as usize] += 1;
+        self.add_n(outcome, 1);
+    }
+
+    /// Counts `n` more `outcome`.
+    pub fn add_n(&mut self, outcome: Outcome, n: u64) {
+        self.0[outcome as usize] += n;
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &OutcomeCounts) {
+        for (o, n) in other.iter() {
+            self.add_n(o, n);
+        }
     }
 
     /// How many had `outcome`.

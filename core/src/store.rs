@@ -386,24 +386,15 @@ impl Store {
     ) -> Result<Vec<WriteResult>, StoreError> {
         // One indexed read classifies every event exactly (inserted/updated/unchanged/stale);
         // the write's own guard still decides, so a concurrent writer cannot make us regress.
-        let stored = self.stored_versions(collection, docs).await?;
-        let mut outcomes = Vec::with_capacity(docs.len());
-        let mut to_write = Vec::with_capacity(docs.len());
-        for (i, d) in docs.iter().enumerate() {
-            let outcome = match (
-                d.get_i64("id").ok().and_then(|id| stored.get(&id)),
-                version_of(d),
-            ) {
-                (None, _) => Outcome::Inserted,
-                (Some(&old), Some(new)) if !new.replaces(old) => Outcome::Stale,
-                (Some(&old), Some(new)) if old == new => Outcome::Unchanged,
-                (Some(_), _) => Outcome::Updated,
-            };
-            if outcome != Outcome::Stale {
-                to_write.push(i);
-            }
-            outcomes.push(Ok(outcome));
-        }
+        let mut outcomes: Vec<WriteResult> = self
+            .classify(collection, docs)
+            .await?
+            .into_iter()
+            .map(Ok)
+            .collect();
+        let to_write: Vec<usize> = (0..docs.len())
+            .filter(|&i| outcomes[i] != Ok(Outcome::Stale))
+            .collect();
         let mut duplicates = Vec::new();
         for chunk in chunks(docs, &to_write) {
             match self
@@ -432,6 +423,31 @@ impl Store {
             }
         }
         Ok(outcomes)
+    }
+
+    /// What [`write_batch`](Self::write_batch) would do with each document right now
+    /// (inserted, updated, unchanged or stale), without writing: one indexed read of the stored
+    /// versions. A dry run's answer; a concurrent writer may change it before a real write.
+    pub async fn classify(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let stored = self.stored_versions(collection, docs).await?;
+        Ok(docs
+            .iter()
+            .map(|d| {
+                match (
+                    d.get_i64("id").ok().and_then(|id| stored.get(&id)),
+                    version_of(d),
+                ) {
+                    (None, _) => Outcome::Inserted,
+                    (Some(&old), Some(new)) if !new.replaces(old) => Outcome::Stale,
+                    (Some(&old), Some(new)) if old == new => Outcome::Unchanged,
+                    (Some(_), _) => Outcome::Updated,
+                }
+            })
+            .collect())
     }
 
     /// The guarded upsert alone, without the version pre-read or per-event outcomes: the raw

@@ -2,7 +2,7 @@
 //! system correct under load: [`generator`] (deterministic realistic events), [`poison`] (bad
 //! events), [`producer`] (the producer contract), [`expected`] (the final state the database
 //! must reach), [`verify`] and [`via_api`] (the comparison), [`flood`], [`run`], [`sample`],
-//! [`report`] and [`bench_db`] (the commands).
+//! [`report`] and [`bench_db`] (the commands), [`seed`] (a backfill source).
 
 pub mod bench_db;
 pub mod expected;
@@ -13,5 +13,6 @@ pub mod producer;
 pub mod report;
 pub mod run;
 pub mod sample;
+pub mod seed;
 pub mod verify;
 pub mod via_api;

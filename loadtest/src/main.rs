@@ -13,7 +13,7 @@ use leafsync_loadtest::flood::{flood, progress, FloodConfig};
 use leafsync_loadtest::generator::GenConfig;
 use leafsync_loadtest::run::{dead_letter_count, run, RunConfig};
 use leafsync_loadtest::verify::{wait_until_synced, Report};
-use leafsync_loadtest::{bench_db, via_api};
+use leafsync_loadtest::{bench_db, seed, via_api};
 
 #[derive(Parser)]
 #[command(version, about = "Load generator and verifier for leafsync")]
@@ -112,6 +112,34 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "reports/latest")]
         out: PathBuf,
+    },
+    /// Fill a backfill source with the current state of N images (a database on the configured
+    /// MongoDB server and/or JSON Lines files) and write the expected state.
+    SeedSource {
+        /// Distinct images to create, over all types.
+        #[arg(long, default_value_t = 100_000)]
+        images: usize,
+        /// Ids per image type (default: half of --images, so many images have several versions).
+        #[arg(long)]
+        ids_per_type: Option<i64>,
+        /// Of the versions after an image's first, the fraction that soft-deletes it.
+        #[arg(long, default_value_t = 0.05)]
+        delete_ratio: f64,
+        /// RNG seed: the same seed gives the same images.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// updated_at of the first version (RFC 3339; default: now).
+        #[arg(long)]
+        start: Option<DateTime<Utc>>,
+        /// Insert into this database (collections named like the consumer's).
+        #[arg(long, required_unless_present = "jsonl_dir")]
+        database: Option<String>,
+        /// Write `{type}.jsonl` files into this directory.
+        #[arg(long)]
+        jsonl_dir: Option<PathBuf>,
+        /// Where to write the expected state.
+        #[arg(long, default_value = "expected.jsonl")]
+        expected: PathBuf,
     },
     /// Measure the database's raw write ceiling with batched guarded upserts.
     BenchDb {
@@ -267,6 +295,51 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                 out.display()
             );
             Ok(r.verify.is_exact() && r.dead_lettered >= r.poison as i64)
+        }
+        Command::SeedSource {
+            images,
+            ids_per_type,
+            delete_ratio,
+            seed,
+            start,
+            database,
+            jsonl_dir,
+            expected,
+        } => {
+            let ids_per_type = ids_per_type.unwrap_or((images as i64 / 2).max(1));
+            anyhow::ensure!(
+                ids_per_type.saturating_mul(3) >= images as i64,
+                "--images {images} cannot be reached with --ids-per-type {ids_per_type} (3 types)"
+            );
+            let gen = GenConfig {
+                seed,
+                ids_per_type,
+                delete_ratio,
+                start: start.unwrap_or_else(Utc::now),
+            };
+            let x = seed::images(gen, images);
+            if let Some(db) = &database {
+                let cfg = leafsync_core::config::MongoConfig {
+                    database: db.clone(),
+                    ..config.mongo.clone()
+                };
+                let source = Store::connect(&cfg, "leafsync-loadtest").await?;
+                seed::to_database(&source, |t| config.types.get(t).collection.clone(), &x).await?;
+                println!("database {db}: {} images", x.images.len());
+            }
+            if let Some(dir) = &jsonl_dir {
+                for (t, path) in seed::to_json_lines(dir, &x)? {
+                    println!("{t}: {}", path.display());
+                }
+            }
+            x.save(&expected)?;
+            println!(
+                "{} images from {} versions; expected state in {}",
+                x.images.len(),
+                x.produced,
+                expected.display()
+            );
+            Ok(true)
         }
         Command::BenchDb {
             count,

@@ -54,6 +54,7 @@ fn main() {
         partitions_in_topic: None,
         projection: &projection,
         max_event_bytes: 524_288,
+        keyed: true,
     };
     let mut total = OutcomeCounts::default();
     for _ in 0..rounds {

@@ -4,6 +4,7 @@
 //! shared outage best: AWS's "Exponential Backoff And Jitter" analysis found it finishes the
 //! contended work soonest, where "equal jitter" (`[ceiling/2, ceiling]`) keeps retries bunched.
 
+use std::convert::Infallible;
 use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
@@ -62,31 +63,72 @@ impl Backoff {
 /// whose offset is held until it lands, a dead letter that must reach its topic.
 pub async fn retry_forever<T, E: Display, F, Fut>(
     what: &str,
-    mut backoff: Backoff,
+    backoff: Backoff,
     metrics: &Metrics,
     classify: impl Fn(&E) -> &'static str,
-    mut op: F,
+    op: F,
 ) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let never_give_up = |_: E| None::<Infallible>;
+    match retry(what, backoff, metrics, classify, never_give_up, op).await {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}
+
+/// Runs `op` until it succeeds or fails with an error that is not transient (then returns
+/// it). For reads that cannot go on after a permanent failure, like a backfill's source file
+/// that does not exist.
+pub async fn retry_transient<T, E: Display, F, Fut>(
+    what: &str,
+    backoff: Backoff,
+    metrics: &Metrics,
+    is_transient: impl Fn(&E) -> bool,
+    op: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let give_up = |e: E| if is_transient(&e) { None } else { Some(e) };
+    retry(what, backoff, metrics, |_| "transient", give_up, op).await
+}
+
+/// The one retry loop: `give_up` turns an error into the final one, or lets it be retried.
+async fn retry<T, E: Display, G, F, Fut>(
+    what: &str,
+    mut backoff: Backoff,
+    metrics: &Metrics,
+    classify: impl Fn(&E) -> &'static str,
+    give_up: impl Fn(E) -> Option<G>,
+    mut op: F,
+) -> Result<T, G>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                RetryScheduled {
-                    op: what,
-                    class: classify(&e),
-                    error: &e.to_string(),
-                    attempt: backoff.attempts(),
-                    delay,
-                }
-                .emit(metrics);
-                tokio::time::sleep(delay).await;
-            }
+        let e = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let (class, error) = (classify(&e), e.to_string());
+        if let Some(g) = give_up(e) {
+            return Err(g);
         }
+        let delay = backoff.next_delay();
+        RetryScheduled {
+            op: what,
+            class,
+            error: &error,
+            attempt: backoff.attempts(),
+            delay,
+        }
+        .emit(metrics);
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -160,5 +202,33 @@ mod tests {
                 .get(),
             3
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_transient_retries_transient_errors_and_returns_the_first_permanent_one() {
+        let metrics = Metrics::new();
+        let mut calls = 0;
+        let r: Result<u32, String> = retry_transient(
+            "backfill_read",
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+            &metrics,
+            |e: &String| e.starts_with("transient"),
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    match n {
+                        1 | 2 => Err(format!("transient {n}")),
+                        _ => Err(format!("permanent {n}")),
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(r, Err("permanent 3".to_owned()));
+        let retries = metrics
+            .retries
+            .with_label_values(&["backfill_read", "transient"]);
+        assert_eq!(retries.get(), 2, "the permanent error is not retried");
     }
 }

@@ -15,6 +15,25 @@ pub trait Emit {
     fn emit(self, metrics: &Metrics);
 }
 
+/// Which path brought an event (the `source` label of the event counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The Kafka stream.
+    Stream,
+    /// A backfill from a source database or file.
+    Backfill,
+}
+
+impl Via {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Stream => "stream",
+            Via::Backfill => "backfill",
+        }
+    }
+}
+
 /// Where in Kafka an event came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Source<'a> {
@@ -29,7 +48,9 @@ pub struct Source<'a> {
 /// A batch of one partition was gathered and is about to be planned and written.
 #[derive(Debug)]
 pub struct BatchReceived<'a> {
-    /// Source topic.
+    /// Stream or backfill.
+    pub via: Via,
+    /// Source topic (for a backfill: the topic of the documents' image type).
     pub topic: &'a str,
     /// Events in the batch.
     pub len: usize,
@@ -40,7 +61,7 @@ pub struct BatchReceived<'a> {
 impl Emit for BatchReceived<'_> {
     fn emit(self, m: &Metrics) {
         m.event_bytes
-            .with_label_values(&[self.topic])
+            .with_label_values(&[self.topic, self.via.as_str()])
             .inc_by(self.bytes);
         m.batch_size
             .with_label_values(&[self.topic])
@@ -126,11 +147,7 @@ pub struct BatchSettled<'a> {
 
 impl Emit for BatchSettled<'_> {
     fn emit(self, m: &Metrics) {
-        for (outcome, n) in self.counts.iter().filter(|(_, n)| *n > 0) {
-            m.events
-                .with_label_values(&[self.topic, outcome.label()])
-                .inc_by(n);
-        }
+        count_outcomes(m, Via::Stream, self.topic, self.counts);
         m.batch_write_seconds
             .with_label_values(&[self.topic])
             .observe(self.elapsed.as_secs_f64());
@@ -153,11 +170,59 @@ impl Emit for BatchSettled<'_> {
     }
 }
 
+/// A backfill page is written (or dead-lettered) whole; its checkpoint is saved next.
+#[derive(Debug)]
+pub struct BackfillPageSettled<'a> {
+    /// The topic of the page's image type (the metric label).
+    pub topic: &'a str,
+    /// Outcome counts.
+    pub counts: &'a OutcomeCounts,
+}
+
+impl Emit for BackfillPageSettled<'_> {
+    fn emit(self, m: &Metrics) {
+        count_outcomes(m, Via::Backfill, self.topic, self.counts);
+        let c = self.counts;
+        tracing::debug!(
+            topic = self.topic,
+            source = "backfill",
+            len = c.total(),
+            inserted = c.get(Outcome::Inserted),
+            updated = c.get(Outcome::Updated),
+            unchanged = c.get(Outcome::Unchanged),
+            stale = c.get(Outcome::Stale),
+            superseded = c.get(Outcome::Superseded),
+            dead_lettered = c.get(Outcome::DeadLettered),
+            "backfill page done"
+        );
+    }
+}
+
+/// Adds a batch's outcomes to the event counters.
+fn count_outcomes(m: &Metrics, via: Via, topic: &str, counts: &OutcomeCounts) {
+    for (outcome, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        m.events
+            .with_label_values(&[topic, outcome.label(), via.as_str()])
+            .inc_by(n);
+    }
+}
+
+/// Where a dead-lettered event came from.
+#[derive(Debug)]
+pub enum Origin<'a> {
+    /// A Kafka message.
+    Stream(Source<'a>),
+    /// A backfill's document: its position in the source, as `key=value` pairs.
+    Backfill(&'a str),
+}
+
 /// An event went to the dead-letter topic.
 #[derive(Debug)]
 pub struct DeadLettered<'a> {
+    /// The topic label: the source topic, or for a backfill the topic of its image type.
+    pub topic: &'a str,
     /// Where it came from.
-    pub at: Source<'a>,
+    pub at: Origin<'a>,
     /// Machine-readable reason.
     pub kind: &'a str,
     /// Human-readable reason.
@@ -167,17 +232,28 @@ pub struct DeadLettered<'a> {
 impl Emit for DeadLettered<'_> {
     fn emit(self, m: &Metrics) {
         m.dead_lettered
-            .with_label_values(&[self.at.topic, self.kind])
+            .with_label_values(&[self.topic, self.kind])
             .inc();
-        tracing::warn!(
-            topic = self.at.topic,
-            partition = self.at.partition,
-            offset = self.at.offset,
-            kind = self.kind,
-            reason = self.reason,
-            outcome = "dead_lettered",
-            "event dead-lettered"
-        );
+        match self.at {
+            Origin::Stream(at) => tracing::warn!(
+                topic = at.topic,
+                partition = at.partition,
+                offset = at.offset,
+                kind = self.kind,
+                reason = self.reason,
+                outcome = "dead_lettered",
+                "event dead-lettered"
+            ),
+            Origin::Backfill(position) => tracing::warn!(
+                topic = self.topic,
+                source = "backfill",
+                position,
+                kind = self.kind,
+                reason = self.reason,
+                outcome = "dead_lettered",
+                "document dead-lettered"
+            ),
+        }
     }
 }
 
@@ -324,5 +400,70 @@ impl Emit for &BatchTimed {
                     .observe(d.as_secs_f64());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(m: &Metrics, topic: &str, outcome: &str, via: Via) -> u64 {
+        m.events
+            .with_label_values(&[topic, outcome, via.as_str()])
+            .get()
+    }
+
+    #[test]
+    fn stream_and_backfill_outcomes_are_counted_under_their_own_source_label() {
+        let m = Metrics::new();
+        let mut counts = OutcomeCounts::default();
+        counts.add_n(Outcome::Inserted, 3);
+        counts.add_n(Outcome::Stale, 2);
+        let before = (
+            events(&m, "potato", "inserted", Via::Stream),
+            events(&m, "potato", "inserted", Via::Backfill),
+        );
+        BackfillPageSettled {
+            topic: "potato",
+            counts: &counts,
+        }
+        .emit(&m);
+        assert_eq!(
+            events(&m, "potato", "inserted", Via::Backfill),
+            before.1 + 3
+        );
+        assert_eq!(events(&m, "potato", "stale", Via::Backfill), 2);
+        assert_eq!(events(&m, "potato", "inserted", Via::Stream), before.0);
+        BatchSettled {
+            topic: "potato",
+            partition: 0,
+            offsets: (0, 4),
+            counts: &counts,
+            elapsed: Duration::from_millis(1),
+        }
+        .emit(&m);
+        assert_eq!(events(&m, "potato", "inserted", Via::Stream), before.0 + 3);
+        assert_eq!(
+            events(&m, "potato", "inserted", Via::Backfill),
+            before.1 + 3
+        );
+        BatchReceived {
+            via: Via::Backfill,
+            topic: "potato",
+            len: 5,
+            bytes: 700,
+        }
+        .emit(&m);
+        let bytes = |via: Via| {
+            m.event_bytes
+                .with_label_values(&["potato", via.as_str()])
+                .get()
+        };
+        assert_eq!((bytes(Via::Backfill), bytes(Via::Stream)), (700, 0));
+        let text = m.render();
+        assert!(
+            text.contains(r#"leafsync_worker_events_total{outcome="inserted",source="backfill",topic="potato"} 3"#),
+            "{text}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! [`admin`] (`/live`, `/ready`, `/metrics`).
 
 pub mod admin;
+pub mod backfill;
 pub mod backoff;
 pub mod batch;
 pub mod consumer;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use leafsync_core::process;
-use leafsync_worker::replay;
+use leafsync_worker::{backfill, replay};
 
 #[derive(Parser)]
 #[command(version, about = "Sync plant-image events from Kafka into MongoDB")]
@@ -46,6 +46,10 @@ enum Command {
         #[arg(long, env = "LEAFSYNC_REPLAY_DRY_RUN")]
         dry_run: bool,
     },
+    /// Load existing images from a MongoDB database or JSON Lines files, beside the stream:
+    /// stale-guarded (the newest version wins), resumable, bad documents dead-lettered
+    /// (docs/operations.md, "Backfill").
+    Backfill(backfill::args::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,27 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Some(Command::Backfill(args)) => {
+            let opts = match args.options(&config) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("leafsync-worker backfill: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let checkpoints = opts.checkpoint_collection.clone();
+            return process::run("leafsync-worker", config, |config, token| async move {
+                let report = backfill::run(config, opts.clone(), token).await?;
+                print!(
+                    "{}",
+                    backfill::progress::render(&report.types, opts.dry_run)
+                );
+                if report.interrupted && !opts.dry_run {
+                    println!("interrupted: progress is saved in {checkpoints}; run the same command again to resume");
+                }
+                Ok(report.is_complete())
+            });
         }
         Some(Command::Run) | None => {}
     }

@@ -12,9 +12,9 @@ use prometheus::{
 /// Metric handles, registered in their own registry.
 pub struct Metrics {
     registry: Registry,
-    /// Events by topic and outcome.
+    /// Events by topic, outcome and source (`stream`, `backfill`).
     pub events: IntCounterVec,
-    /// Event value bytes by topic.
+    /// Event value bytes by topic and source.
     pub event_bytes: IntCounterVec,
     /// Events per written batch.
     pub batch_size: HistogramVec,
@@ -95,14 +95,15 @@ impl Metrics {
             events: counter(
                 &r,
                 "leafsync_worker_events_total",
-                "Events by topic and outcome (inserted, updated, unchanged, stale, superseded, dead_lettered)",
-                &["topic", "outcome"],
+                "Events by topic, outcome (inserted, updated, unchanged, stale, superseded, \
+                 dead_lettered) and source (stream, or backfill for documents a backfill read)",
+                &["topic", "outcome", "source"],
             ),
             event_bytes: counter(
                 &r,
                 "leafsync_worker_event_bytes_total",
-                "Bytes of event values consumed",
-                &["topic"],
+                "Bytes of event values consumed, by topic and source (stream, backfill)",
+                &["topic", "source"],
             ),
             batch_size: histogram(
                 &r,

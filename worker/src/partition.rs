@@ -26,7 +26,7 @@ use crate::backoff::{retry_forever, Backoff};
 use crate::consumer::{LeafConsumer, WorkerContext};
 use crate::events::{
     BatchReceived, BatchSettled, BatchTimed, Emit, EventSettled, EventVisible, Misrouted,
-    OffsetNotStored, Rewound, Source,
+    OffsetNotStored, Rewound, Source, Via,
 };
 use crate::input::{Input, Next};
 use crate::plan::{plan, Consumed, Plan, Rules, Write};
@@ -123,6 +123,7 @@ impl PartitionTask {
                         partitions_in_topic,
                         projection: &projection,
                         max_event_bytes: self.shared.config.worker.max_event_bytes,
+                        keyed: true,
                     };
                     self.process(&batch, &collection, &rules, &mut timed).await;
                     timed.emit(&self.shared.metrics);
@@ -313,6 +314,7 @@ impl PartitionTask {
         let m = &self.shared.metrics;
         let mut counts = OutcomeCounts::default();
         BatchReceived {
+            via: Via::Stream,
             topic: &self.topic,
             len: batch.len(),
             bytes: plan.bytes,
@@ -371,7 +373,7 @@ impl PartitionTask {
         let m = &self.shared.metrics;
         let (index, docs): (Vec<_>, Vec<RawDocumentBuf>) =
             writes.into_iter().map(|w| ((w.msg, w.id), w.doc)).unzip();
-        let results = self.write(collection, &docs).await;
+        let results = write_until_acknowledged(&self.shared, collection, &docs).await;
         drop(docs);
         let acked_ms = chrono::Utc::now().timestamp_millis();
         for (&(i, id), result) in index.iter().zip(results) {
@@ -442,34 +444,39 @@ impl PartitionTask {
         }
         span
     }
+}
 
-    /// Writes with retries until the database acknowledges: a database outage holds this
-    /// partition (nothing committed past it) but never loses or skips an event.
-    async fn write(&self, collection: &str, docs: &[RawDocumentBuf]) -> Vec<WriteResult> {
-        if docs.is_empty() {
-            return Vec::new();
-        }
-        let backoff = Backoff::from_config(&self.shared.config.worker.retry);
-        let store = &self.shared.store;
-        retry_forever(
-            "database_write",
-            backoff,
-            &self.shared.metrics,
-            |e: &leafsync_core::StoreError| e.class.as_str(),
-            || {
-                let span = tracing::info_span!(
-                    "mongodb.update",
-                    otel.name = format!("update {collection}"),
-                    otel.kind = "client",
-                    db.system = "mongodb",
-                    db.namespace = %self.shared.config.mongo.database,
-                    db.collection.name = collection,
-                    db.operation.name = "update",
-                    db.operation.batch.size = docs.len(),
-                );
-                store.write_batch(collection, docs).instrument(span)
-            },
-        )
-        .await
+/// Writes `docs` into `collection` with retries until the database acknowledges: a database
+/// outage holds the caller (a partition: nothing committed past it; a backfill: no checkpoint
+/// past it) but never loses or skips an event. Used by the stream and by backfill alike.
+pub(crate) async fn write_until_acknowledged(
+    shared: &Shared,
+    collection: &str,
+    docs: &[RawDocumentBuf],
+) -> Vec<WriteResult> {
+    if docs.is_empty() {
+        return Vec::new();
     }
+    let backoff = Backoff::from_config(&shared.config.worker.retry);
+    let store = &shared.store;
+    retry_forever(
+        "database_write",
+        backoff,
+        &shared.metrics,
+        |e: &leafsync_core::StoreError| e.class.as_str(),
+        || {
+            let span = tracing::info_span!(
+                "mongodb.update",
+                otel.name = format!("update {collection}"),
+                otel.kind = "client",
+                db.system = "mongodb",
+                db.namespace = %shared.config.mongo.database,
+                db.collection.name = collection,
+                db.operation.name = "update",
+                db.operation.batch.size = docs.len(),
+            );
+            store.write_batch(collection, docs).instrument(span)
+        },
+    )
+    .await
 }

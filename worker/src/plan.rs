@@ -35,6 +35,9 @@ pub struct Rules<'a> {
     pub projection: &'a Projection,
     /// Largest accepted event value.
     pub max_event_bytes: usize,
+    /// Whether every message carries the image id as its key and must match it (Kafka); a
+    /// backfill's documents have no key.
+    pub keyed: bool,
 }
 
 /// A document to write: the newest event of its image in the batch.
@@ -130,8 +133,13 @@ fn decode(
     m: &Consumed<'_>,
     rules: &Rules<'_>,
 ) -> Result<(ImageEvent, RawDocumentBuf), (&'static str, String)> {
-    let event = ImageEvent::decode_message(m.key, m.payload, rules.max_event_bytes)
-        .map_err(|e| (e.kind(), e.to_string()))?;
+    let event = if rules.keyed {
+        ImageEvent::decode_message(m.key, m.payload, rules.max_event_bytes)
+    } else {
+        // Unkeyed (backfill) documents still cannot be empty.
+        ImageEvent::decode(m.payload.unwrap_or_default(), rules.max_event_bytes)
+    }
+    .map_err(|e| (e.kind(), e.to_string()))?;
     // The decoder refuses what BSON cannot hold; this is the backstop.
     let doc = event
         .to_raw_document(rules.projection)
@@ -152,6 +160,7 @@ mod tests {
             partitions_in_topic: None,
             projection,
             max_event_bytes: 4096,
+            keyed: true,
         }
     }
 
@@ -319,6 +328,28 @@ mod tests {
             unknown.misrouted.is_empty(),
             "no partition count, no verdict"
         );
+    }
+
+    #[test]
+    fn unkeyed_documents_decode_without_a_key_and_keyed_ones_need_it() {
+        let projection = Projection::all();
+        let v = json(7, 0, "a");
+        let batch = [Consumed {
+            offset: 0,
+            key: None,
+            payload: Some(&v),
+        }];
+        let unkeyed = plan(
+            &batch,
+            &Rules {
+                keyed: false,
+                ..rules(&projection)
+            },
+        );
+        assert_eq!(unkeyed.writes.len(), 1);
+        assert!(unkeyed.refusals.is_empty());
+        let keyed = plan(&batch, &rules(&projection));
+        assert_eq!(keyed.refusals[0].kind, "key_mismatch");
     }
 
     #[test]

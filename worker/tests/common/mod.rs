@@ -150,6 +150,46 @@ impl TestEnv {
         }
     }
 
+    /// Starts `leafsync-worker backfill ARGS` with this env's settings plus `extra` env vars.
+    pub fn spawn_backfill(&self, label: &str, args: &[&str], extra: &[(&str, &str)]) -> Process {
+        let mut env = self.overrides.clone();
+        env.push(("LEAFSYNC__TELEMETRY__LOG_FORMAT".into(), "json".into()));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut argv = vec!["backfill"];
+        argv.extend_from_slice(args);
+        Process::spawn(
+            Path::new(env!("CARGO_BIN_EXE_leafsync-worker")),
+            &argv,
+            &env,
+            &format!("{}-{label}", self.name),
+        )
+    }
+
+    /// Runs a backfill to its end (panics after `timeout`) and returns its summary's totals.
+    pub fn backfill(&self, label: &str, args: &[&str], timeout: Duration) -> Totals {
+        let mut p = self.spawn_backfill(label, args, &[]);
+        let status = p.wait_exit(timeout);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "backfill {args:?} ended with {status:?}\n{}",
+            p.log_tail()
+        );
+        Totals::parse(&p.log_text())
+    }
+
+    /// A database on the test's MongoDB server to seed as a backfill source; dropped with the
+    /// returned guard.
+    pub async fn source_database(&self) -> (Store, Cleanup) {
+        let mut cfg = self.config.mongo.clone();
+        cfg.database = format!("{}_src", self.name);
+        let store = Store::connect(&cfg, "leafsync-test-source").await.unwrap();
+        let s = store.clone();
+        let cleanup = Cleanup::new(format!("database {}", cfg.database), move || async move {
+            s.database().drop().await.map_err(|e| e.to_string())
+        });
+        (store, cleanup)
+    }
+
     pub fn generator(&self, seed: u64, ids_per_type: i64) -> Generator {
         Generator::new(GenConfig {
             seed,
@@ -263,6 +303,49 @@ impl TestEnv {
             }
         }
         out
+    }
+}
+
+/// The `total` row of a backfill's summary table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub read: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub stale: u64,
+    pub superseded: u64,
+    pub refused: u64,
+}
+
+impl Totals {
+    /// Finds the last `total` row in a backfill's output.
+    pub fn parse(output: &str) -> Self {
+        let row = output
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("total "))
+            .unwrap_or_else(|| panic!("no summary table in:\n{output}"));
+        let n: Vec<u64> = row
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(n.len(), 7, "{row}");
+        Self {
+            read: n[0],
+            inserted: n[1],
+            updated: n[2],
+            unchanged: n[3],
+            stale: n[4],
+            superseded: n[5],
+            refused: n[6],
+        }
+    }
+
+    /// Documents that changed the database.
+    pub fn written(&self) -> u64 {
+        self.inserted + self.updated
     }
 }
 
