@@ -129,6 +129,50 @@ for overlay in ["local", "gke"]:
     check(f"{overlay}: topics job creates the configured topics and dead-letter topic",
           all(t in job["spec"]["template"]["spec"]["containers"][0]["args"][0] for t in topics + [loaded["kafka"]["dead_letter_topic"]]))
 
+    # The on-demand Jobs (CronJob templates): every LEAFSYNC_<COMMAND>_* variable they set is one
+    # the subcommand reads (clap lists it as `[env: NAME=…]` in --help); a misspelt one would be
+    # silently ignored and, say, turn a dry run into a real one.
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+    def selects(policy, labels, kind):
+        sel = policy["spec"]["podSelector"]
+        if kind not in policy["spec"].get("policyTypes", []):
+            return False
+        ok = all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items())
+        for e in sel.get("matchExpressions", []):
+            ok = ok and e["operator"] == "In" and labels.get(e["key"]) in e["values"]
+        return ok
+
+    for name, sub in [("leafsync-replay", "replay"), ("leafsync-backfill", "backfill")]:
+        cj = find(docs, "CronJob", name)
+        pod = cj["spec"]["jobTemplate"]["spec"]["template"]
+        c = pod["spec"]["containers"][0]
+        help_text = subprocess.run([str(bin_dir / "leafsync-worker"), sub, "--help"], capture_output=True,
+                                   text=True, env={"PATH": "/usr/bin:/bin"}).stdout
+        prefix = f"LEAFSYNC_{sub.upper()}_"
+        cenv = {e["name"]: e for e in c.get("env", [])}
+        read = set(re.findall(r"\[env: (\w+)[=\]]", help_text))
+        unknown = [n for n in cenv if n.startswith(prefix) and n not in read]
+        check(f"{overlay}: {name} sets only variables `{sub}` reads", not unknown and help_text, str(unknown))
+        check(f"{overlay}: {name} is suspended and dry-runs unless told otherwise",
+              cj["spec"]["suspend"] is True and cenv[f"{prefix}DRY_RUN"]["value"] == "true")
+        check(f"{overlay}: {name} has the worker's config, and any Mongo URI from the Secret",
+              c["args"][:2] == ["--config", "/etc/leafsync/leafsync.toml"]
+              and "secretKeyRef" in cenv.get("LEAFSYNC__MONGO__URI", {}).get("valueFrom", {"secretKeyRef": 1}))
+        labels = pod["metadata"]["labels"]
+        check(f"{overlay}: {name} pods are selected by an egress policy (own label)",
+              labels.get("app.kubernetes.io/name") == name
+              and any(selects(p, labels, "Egress") and p["metadata"]["name"] != "default-deny" for p in policies))
+    bf = find(docs, "CronJob", "leafsync-backfill")["spec"]["jobTemplate"]["spec"]["template"]
+    bc = bf["spec"]["containers"][0]
+    bport = int({e["name"]: e for e in bc["env"]}["LEAFSYNC_BACKFILL_ADMIN_ADDR"]["value"].rsplit(":", 1)[1])
+    check(f"{overlay}: backfill serves /metrics on its declared, annotated and admitted port",
+          {p["name"]: p["containerPort"] for p in bc["ports"]}.get("admin") == bport
+          and int(bf["metadata"]["annotations"]["prometheus.io/port"]) == bport
+          and any(selects(p, bf["metadata"]["labels"], "Ingress")
+                  and any(pt["port"] == bport for r in p["spec"].get("ingress", []) for pt in r.get("ports", []))
+                  for p in policies))
+
     so = find(docs, "ScaledObject", "leafsync-worker")
     if overlay == "gke":
         check("gke: ScaledObject present", so is not None)
@@ -176,7 +220,8 @@ for overlay in ["local", "gke"]:
         check("gke: the collector may reach the GKE metadata server (169.254.169.252:988, 169.254.169.254:80)",
               {("169.254.169.252/32", 988), ("169.254.169.254/32", 80)} <= allowed)
         check("gke: PodMonitoring for worker and API (Managed Prometheus ignores annotations)",
-              {d["metadata"]["name"] for d in docs if d["kind"] == "PodMonitoring"} == {"leafsync-worker", "leafsync-api"})
+              {d["metadata"]["name"] for d in docs if d["kind"] == "PodMonitoring"}
+              == {"leafsync-worker", "leafsync-api", "leafsync-backfill"})
         ing = find(docs, "Ingress", "leafsync-api")
         paths = ing["spec"]["rules"][0]["http"]["paths"]
         check("gke: Ingress routes /image-plant to the API service",
