@@ -12,6 +12,7 @@ use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::flood::{flood, progress, FloodConfig};
 use leafsync_loadtest::generator::GenConfig;
 use leafsync_loadtest::run::{dead_letter_count, run, RunConfig};
+use leafsync_loadtest::staleness::{mutate_source, MutateConfig};
 use leafsync_loadtest::verify::{wait_until_synced, Report};
 use leafsync_loadtest::{bench_db, seed, via_api};
 
@@ -128,7 +129,8 @@ enum Command {
         /// RNG seed: the same seed gives the same images.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// updated_at of the first version (RFC 3339; default: now).
+        /// updated_at of the first version (RFC 3339; default: a day ago, so that the whole
+        /// history, 1 ms per version, is in the past and a change made now is newer).
         #[arg(long)]
         start: Option<DateTime<Utc>>,
         /// Insert into this database (collections named like the consumer's).
@@ -140,6 +142,25 @@ enum Command {
         /// Where to write the expected state.
         #[arg(long, default_value = "expected.jsonl")]
         expected: PathBuf,
+    },
+    /// Change images of a backfill source at a steady rate (a producer database in use) and
+    /// measure how long each change takes to become visible in the consumer database.
+    MutateSource {
+        /// The source database (collections named like the consumer's).
+        #[arg(long)]
+        database: String,
+        /// Changes per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Seconds to change images for.
+        #[arg(long, default_value_t = 300)]
+        duration: u64,
+        /// Seconds to keep watching after the last change.
+        #[arg(long, default_value_t = 180)]
+        grace: u64,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Measure the database's raw write ceiling with batched guarded upserts.
     BenchDb {
@@ -315,7 +336,7 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                 seed,
                 ids_per_type,
                 delete_ratio,
-                start: start.unwrap_or_else(Utc::now),
+                start: start.unwrap_or_else(|| Utc::now() - chrono::TimeDelta::days(1)),
             };
             let x = seed::images(gen, images);
             if let Some(db) = &database {
@@ -340,6 +361,27 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                 expected.display()
             );
             Ok(true)
+        }
+        Command::MutateSource {
+            database,
+            rate,
+            duration,
+            grace,
+            seed,
+        } => {
+            let cfg = MutateConfig {
+                source_database: database,
+                rate,
+                duration: Duration::from_secs(duration),
+                grace: Duration::from_secs(grace),
+                seed,
+            };
+            let s = mutate_source(&config, &cfg).await?;
+            println!(
+                "changes {} seen {} unseen {}; change → visible: p50 {:.1} s, p90 {:.1} s, p99 {:.1} s, mean {:.1} s, max {:.1} s",
+                s.changes, s.seen, s.unseen, s.p50, s.p90, s.p99, s.mean, s.max
+            );
+            Ok(s.unseen == 0)
         }
         Command::BenchDb {
             count,

@@ -25,12 +25,17 @@ pub fn images(gen: GenConfig, images: usize) -> Expected {
 }
 
 /// Inserts every image of `x` into `source`, collection `collection(type)`, as the producer
-/// database would hold it (every field, timestamps as dates, its own `_id`).
+/// database would hold it (every field, timestamps as dates, its own `_id`, a unique index on
+/// `id`: what a backfill's `id`-ordered pages rely on).
 pub async fn to_database(
     source: &Store,
     collection: impl Fn(ImageType) -> String,
     x: &Expected,
 ) -> anyhow::Result<()> {
+    let names = ImageType::ALL.map(&collection);
+    source
+        .ensure_indexes(&names.each_ref().map(String::as_str))
+        .await?;
     for t in ImageType::ALL {
         let docs: Vec<Document> = x
             .images
