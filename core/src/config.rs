@@ -377,7 +377,7 @@ pub struct WorkerConfig {
     pub fetch_max_kbytes: u64,
     /// Longest a fetch request waits at the broker for data (librdkafka `fetch.wait.max.ms`).
     pub fetch_wait_max_ms: u64,
-    /// Batches written at the same time (a partition gathers first, then waits for a permit).
+    /// Write commands at the same time (each merges the batches of several partitions).
     pub max_in_flight_batches: usize,
     /// How often the consumer-lag gauges are refreshed.
     pub lag_interval_ms: u64,

@@ -198,6 +198,20 @@ impl Emit for BackfillPageSettled<'_> {
     }
 }
 
+/// A write command goes to the database (the stream's writers merge several partitions' batches
+/// into one; a backfill sends one page).
+#[derive(Debug)]
+pub struct WriteCommand {
+    /// Documents in it.
+    pub docs: usize,
+}
+
+impl Emit for WriteCommand {
+    fn emit(self, m: &Metrics) {
+        m.write_command_docs.observe(self.docs as f64);
+    }
+}
+
 /// Adds a batch's outcomes to the event counters.
 fn count_outcomes(m: &Metrics, via: Via, topic: &str, counts: &OutcomeCounts) {
     for (outcome, n) in counts.iter().filter(|(_, n)| *n > 0) {
@@ -368,7 +382,8 @@ pub struct BatchTimed {
     /// The first message's Kafka timestamp to its receipt by the task: producer linger, broker,
     /// fetch wait and librdkafka's queue (`None` without a timestamp).
     pub kafka: Option<Duration>,
-    /// Waiting for an in-flight permit (`worker.max_in_flight_batches`).
+    /// Queued at the collection's writer: waiting for a permit (`worker.max_in_flight_batches`)
+    /// and for the command it is merged into to start.
     pub permit: Duration,
     /// Gathering the rest of the batch after the permit.
     pub gather: Duration,

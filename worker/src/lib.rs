@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod partition;
 pub mod plan;
 pub mod replay;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -39,13 +40,13 @@ pub struct Shared {
     /// Producer of dead letters.
     pub dead_letter: dead_letter::DeadLetter,
     /// Prometheus metrics.
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     /// Liveness and readiness.
     pub health: health::Health,
     /// This worker's id in logs, dead-letter headers and the group.
     pub worker_id: String,
-    /// Permits for partitions holding a full batch (`worker.max_in_flight_batches`).
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The per-collection writers that merge ready batches into one command.
+    pub writers: writer::Writers,
     /// Partition counts of the consumed topics (for spotting misrouted events).
     pub partition_counts: partition::PartitionCounts,
 }
@@ -72,15 +73,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id)
         .context("cannot create the dead-letter producer")?;
     let admin_addr = config.worker.admin_addr;
-    let config_in_flight = config.worker.max_in_flight_batches;
+    let metrics = Arc::new(metrics::Metrics::new());
+    // At most `worker.max_in_flight_batches` commands at once, each up to four batches' worth.
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        config.worker.max_in_flight_batches,
+    ));
+    let writers = writer::Writers::start(
+        ImageType::ALL.map(|t| config.types.get(t).collection.clone()),
+        &permits,
+        config.worker.batch.max_events.saturating_mul(4),
+        partition::write_fn(&store, &config, &metrics),
+    );
     let shared = Arc::new(Shared {
         config,
         store,
         dead_letter,
-        metrics: metrics::Metrics::new(),
+        metrics,
         health: health::Health::default(),
         worker_id,
-        in_flight: Arc::new(tokio::sync::Semaphore::new(config_in_flight)),
+        writers,
         partition_counts: partition::PartitionCounts::default(),
     });
     let (addr, admin) = admin::start(admin_addr, shared.clone(), shutdown.clone())

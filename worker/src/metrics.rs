@@ -6,7 +6,8 @@ use std::collections::HashSet;
 
 use prometheus::core::Collector;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Metric handles, registered in their own registry.
@@ -40,6 +41,8 @@ pub struct Metrics {
     pub rewinds: IntCounterVec,
     /// Failed lag measurements (the gauge keeps its last value).
     pub lag_errors: IntCounter,
+    /// Documents per write command (several partitions' batches merged).
+    pub write_command_docs: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,7 +130,8 @@ impl Metrics {
                 &r,
                 "leafsync_worker_stage_seconds",
                 "Time a batch spends per hot-path stage: kafka (first message's timestamp to its \
-                 receipt), permit, gather, plan, dead_letter, write, store_offset",
+                 receipt), gather, plan, dead_letter, permit (queued at its collection's writer), \
+                 write (the merged command), store_offset",
                 LATENCY_BUCKETS.to_vec(),
                 "stage",
             ),
@@ -185,6 +189,17 @@ impl Metrics {
                 IntCounter::new(
                     "leafsync_worker_lag_errors_total",
                     "Failed consumer-lag measurements; the gauge keeps its last good value",
+                )
+                .expect("valid metric"),
+            ),
+            write_command_docs: registered(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "leafsync_worker_write_command_docs",
+                        "Documents per database write command (the writers merge the ready batches of several partitions)",
+                    )
+                    .buckets(BATCH_SIZE_BUCKETS.to_vec()),
                 )
                 .expect("valid metric"),
             ),

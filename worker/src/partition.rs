@@ -8,8 +8,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leafsync_core::config::ms;
-use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, WriteResult};
+use leafsync_core::config::{ms, Config};
+use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, Store};
 use leafsync_kafka::admin::partition_count_via;
 use leafsync_kafka::trace_context;
 use mongodb::bson::RawDocumentBuf;
@@ -17,7 +17,6 @@ use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::Offset;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,10 +25,12 @@ use crate::backoff::{retry_forever, Backoff};
 use crate::consumer::{LeafConsumer, WorkerContext};
 use crate::events::{
     BatchReceived, BatchSettled, BatchTimed, Emit, EventSettled, EventVisible, Misrouted,
-    OffsetNotStored, Rewound, Source, Via,
+    OffsetNotStored, Rewound, Source, Via, WriteCommand,
 };
 use crate::input::{Input, Next};
+use crate::metrics::Metrics;
 use crate::plan::{plan, Consumed, Plan, Rules, Write};
+use crate::writer::WriteFn;
 use crate::Shared;
 
 /// Partition counts of the consumed topics, shared by the partition tasks: one metadata
@@ -97,8 +98,8 @@ fn since(timestamp_ms: i64, now_ms: i64) -> Duration {
 
 /// What [`PartitionTask::gather`] ends with.
 enum Gathered {
-    /// A batch, with the in-flight permit to hold until it is written, and the time it took.
-    Batch(Vec<OwnedMessage>, Option<OwnedSemaphorePermit>, BatchTimed),
+    /// A batch, and the time it took.
+    Batch(Vec<OwnedMessage>, BatchTimed),
     /// A message arrived out of order; the batch in hand was dropped (not written, its offset
     /// not stored). Rewind the partition to this offset.
     Rewind { to: i64, seen: i64 },
@@ -116,8 +117,7 @@ impl PartitionTask {
         let collection = types.get(self.image_type).collection.clone();
         loop {
             match self.gather().await {
-                Gathered::Batch(batch, _permit, mut timed) => {
-                    // The permit is released when this arm ends, after the write.
+                Gathered::Batch(batch, mut timed) => {
                     let rules = Rules {
                         partition: self.partition,
                         partitions_in_topic,
@@ -160,7 +160,7 @@ impl PartitionTask {
     }
 
     /// Up to `batch.max_events` messages, or what arrived within `batch.max_wait_ms` of the
-    /// first one; then the in-flight permit to hold until they are written.
+    /// first one. (The write then queues at its collection's writer, [`crate::writer`].)
     async fn gather(&mut self) -> Gathered {
         let stop = self.stop.clone();
         let first = tokio::select! {
@@ -180,8 +180,6 @@ impl PartitionTask {
                 .map(|ts| since(ts, chrono::Utc::now().timestamp_millis())),
             ..BatchTimed::default()
         };
-        // Gather first, then wait for a permit: a permit bounds concurrent writes, and holding one
-        // through the gather wait would keep the database idle while other partitions queue.
         let max = self.shared.config.worker.batch.max_events;
         let deadline =
             tokio::time::Instant::now() + ms(self.shared.config.worker.batch.max_wait_ms);
@@ -199,15 +197,7 @@ impl PartitionTask {
             }
         }
         timed.gather = received.elapsed();
-        let permitted = Instant::now();
-        let permit = tokio::select! {
-            biased;
-            // Stopping: handle the batch in hand without waiting for a permit.
-            () = stop.cancelled() => None,
-            p = self.shared.in_flight.clone().acquire_owned() => p.ok(),
-        };
-        timed.permit = permitted.elapsed();
-        Gathered::Batch(batch, permit, timed)
+        Gathered::Batch(batch, timed)
     }
 
     /// Seeks the partition back to `to` (retrying until librdkafka accepts), so the late
@@ -336,10 +326,8 @@ impl PartitionTask {
             self.settled(&mut counts, &batch[r.msg], None, Outcome::DeadLettered);
         }
         timed.dead_letter = started.elapsed();
-        let started = Instant::now();
-        self.write_and_record(batch, plan.writes, collection, &mut counts)
+        self.write_and_record(batch, plan.writes, collection, &mut counts, timed)
             .await;
-        timed.write = started.elapsed();
         for &(i, id, outcome) in &plan.skipped {
             self.settled(&mut counts, &batch[i], Some(id), outcome);
         }
@@ -369,12 +357,14 @@ impl PartitionTask {
         writes: Vec<Write>,
         collection: &str,
         counts: &mut OutcomeCounts,
+        timed: &mut BatchTimed,
     ) {
         let m = &self.shared.metrics;
         let (index, docs): (Vec<_>, Vec<RawDocumentBuf>) =
             writes.into_iter().map(|w| ((w.msg, w.id), w.doc)).unzip();
-        let results = write_until_acknowledged(&self.shared, collection, &docs).await;
-        drop(docs);
+        let written = self.shared.writers.write(collection, docs).await;
+        (timed.permit, timed.write) = (written.queued, written.write);
+        let results = written.results;
         let acked_ms = chrono::Utc::now().timestamp_millis();
         for (&(i, id), result) in index.iter().zip(results) {
             let msg = &batch[i];
@@ -446,37 +436,38 @@ impl PartitionTask {
     }
 }
 
-/// Writes `docs` into `collection` with retries until the database acknowledges: a database
-/// outage holds the caller (a partition: nothing committed past it; a backfill: no checkpoint
-/// past it) but never loses or skips an event. Used by the stream and by backfill alike.
-pub(crate) async fn write_until_acknowledged(
-    shared: &Shared,
-    collection: &str,
-    docs: &[RawDocumentBuf],
-) -> Vec<WriteResult> {
-    if docs.is_empty() {
-        return Vec::new();
-    }
-    let backoff = Backoff::from_config(&shared.config.worker.retry);
-    let store = &shared.store;
-    retry_forever(
-        "database_write",
-        backoff,
-        &shared.metrics,
-        |e: &leafsync_core::StoreError| e.class.as_str(),
-        || {
-            let span = tracing::info_span!(
-                "mongodb.update",
-                otel.name = format!("update {collection}"),
-                otel.kind = "client",
-                db.system = "mongodb",
-                db.namespace = %shared.config.mongo.database,
-                db.collection.name = collection,
-                db.operation.name = "update",
-                db.operation.batch.size = docs.len(),
-            );
-            store.write_batch(collection, docs).instrument(span)
-        },
-    )
-    .await
+/// The one database write, for the stream's writers and for backfill alike: `docs` into a
+/// collection, retried until the database acknowledges. A database outage holds the caller (a
+/// partition: nothing committed past it; a backfill: no checkpoint past it) but never loses or
+/// skips an event.
+pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> WriteFn {
+    let (store, metrics) = (store.clone(), metrics.clone());
+    let retry = config.worker.retry.clone();
+    Arc::new(move |collection: String, docs: Vec<RawDocumentBuf>| {
+        let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
+        Box::pin(async move {
+            WriteCommand { docs: docs.len() }.emit(&metrics);
+            let database = store.database().name().to_owned();
+            retry_forever(
+                "database_write",
+                Backoff::from_config(&retry),
+                &metrics,
+                |e: &leafsync_core::StoreError| e.class.as_str(),
+                || {
+                    let span = tracing::info_span!(
+                        "mongodb.update",
+                        otel.name = format!("update {collection}"),
+                        otel.kind = "client",
+                        db.system = "mongodb",
+                        db.namespace = %database,
+                        db.collection.name = %collection,
+                        db.operation.name = "update",
+                        db.operation.batch.size = docs.len(),
+                    );
+                    store.write_batch(&collection, &docs).instrument(span)
+                },
+            )
+            .await
+        })
+    })
 }

@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{retry_forever, retry_transient, Backoff};
 use crate::events::{BackfillPageSettled, BatchReceived, Emit, Via};
-use crate::partition::write_until_acknowledged;
 use crate::plan::{plan, Consumed, Plan, Rules};
 use crate::Shared;
 use checkpoint::{Checkpoint, Checkpoints};
@@ -150,12 +149,16 @@ pub async fn run(
     }
     let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id)
         .context("cannot create the dead-letter producer")?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    // Pages are full batches already: each is written on its own.
+    let writers =
+        crate::writer::Writers::direct(crate::partition::write_fn(&store, &config, &metrics));
     let shared = Arc::new(Shared {
-        in_flight: Arc::new(tokio::sync::Semaphore::new(1)),
+        writers,
         config,
         store: store.clone(),
         dead_letter,
-        metrics: crate::metrics::Metrics::new(),
+        metrics,
         health: crate::health::Health::default(),
         worker_id,
         partition_counts: crate::partition::PartitionCounts::default(),
@@ -420,7 +423,7 @@ async fn settle(ctx: &Ctx<'_>, t: ImageType, p: Planned) -> OutcomeCounts {
     let results = if ctx.opts.dry_run {
         classify(ctx, collection, &docs).await
     } else {
-        write_until_acknowledged(shared, collection, &docs).await
+        shared.writers.write(collection, docs).await.results
     };
     for (&i, result) in index.iter().zip(results) {
         match result {
