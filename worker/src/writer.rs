@@ -199,15 +199,20 @@ async fn lane(
     write: WriteFn,
 ) {
     loop {
-        // The first batch is awaited without a permit, so an idle collection holds none.
-        let Some(first) = queue.lock().await.next().await else {
-            return;
+        // One lock scope from the first batch to the merge: a lane that released the queue
+        // between the two could find it held by a lane waiting for a batch that never comes.
+        // The first batch is awaited without a permit, so an idle collection holds none, and
+        // what arrives while the permit is awaited goes out in the same command.
+        let (requests, _permit) = {
+            let mut q = queue.lock().await;
+            let Some(first) = q.next().await else {
+                return;
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            (q.merge(first, max_docs), permit)
         };
-        let Ok(_permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        // What arrived while the permit was awaited goes out in the same command.
-        let requests = queue.lock().await.merge(first, max_docs);
         let started = Instant::now();
         let mut docs = Vec::with_capacity(requests.iter().map(|r| r.docs.len()).sum());
         let mut replies = Vec::with_capacity(requests.len());
@@ -344,6 +349,28 @@ mod tests {
             assert_eq!(distinct.len(), c.len(), "{c:?}");
             assert!(c.len() <= 4);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waiting_for_a_permit_is_written_when_one_frees_even_if_nothing_else_comes() {
+        let (f, log) = recording(Duration::from_millis(1));
+        let permits = Arc::new(Semaphore::new(2));
+        let w = Arc::new(Writers::start(["c".to_owned()], &permits, 10, f));
+        // Every permit is busy elsewhere (other collections' commands) when the batch arrives.
+        let busy = permits.clone().acquire_many_owned(2).await.unwrap();
+        let call = {
+            let w = w.clone();
+            tokio::spawn(async move { w.write("c", docs(&[1])).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(busy);
+        let got = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the batch was never written: no other batch came to unblock it")
+            .unwrap();
+        assert_eq!(got.results.len(), 1);
+        assert_eq!(got.queued, Duration::from_millis(5));
+        assert_eq!(*log.lock().unwrap(), vec![vec![1]]);
     }
 
     #[tokio::test(start_paused = true)]
