@@ -74,14 +74,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("cannot create the dead-letter producer")?;
     let admin_addr = config.worker.admin_addr;
     let metrics = Arc::new(metrics::Metrics::new());
-    // At most `worker.max_in_flight_batches` commands at once, each up to four batches' worth.
+    // At most `worker.max_in_flight_batches` commands at once, each of at most one full batch:
+    // small batches merge, full ones (a backlog) go out as they are. Merging up to four batches
+    // gave the same throughput and cost ~12 MiB more at peak (docs/benchmarks.md, "Latency").
     let permits = Arc::new(tokio::sync::Semaphore::new(
         config.worker.max_in_flight_batches,
     ));
     let writers = writer::Writers::start(
         ImageType::ALL.map(|t| config.types.get(t).collection.clone()),
         &permits,
-        config.worker.batch.max_events.saturating_mul(4),
+        config.worker.batch.max_events,
         partition::write_fn(&store, &config, &metrics),
     );
     let shared = Arc::new(Shared {
