@@ -281,10 +281,17 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                 "{:<28}{:.0}/s over {:.1} s",
                 "produced", r.produced_per_s, r.flood_seconds
             );
-            println!(
-                "{:<28}{:.0}/s ({:.1} s to exact state)",
-                "synced", r.synced_per_s, r.seconds_to_synced
-            );
+            if r.verify.is_exact() {
+                println!(
+                    "{:<28}{:.0}/s ({:.1} s to exact state)",
+                    "synced", r.synced_per_s, r.seconds_to_synced
+                );
+            } else {
+                println!(
+                    "{:<28}{:.0}/s (NOT exact after {:.1} s, see below)",
+                    "synced", r.synced_per_s, r.seconds_to_synced
+                );
+            }
             println!("{:<28}{}", "max lag", r.max_lag);
             println!(
                 "{:<28}{} / {} / {} / ≤{}",
