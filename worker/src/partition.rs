@@ -443,31 +443,36 @@ impl PartitionTask {
 pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> WriteFn {
     let (store, metrics) = (store.clone(), metrics.clone());
     let retry = config.worker.retry.clone();
-    Arc::new(move |collection: String, docs: Vec<RawDocumentBuf>| {
-        let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
-        Box::pin(async move {
-            WriteCommand { docs: docs.len() }.emit(&metrics);
-            let database = store.database().name().to_owned();
-            retry_forever(
-                "database_write",
-                Backoff::from_config(&retry),
-                &metrics,
-                |e: &leafsync_core::StoreError| e.class.as_str(),
-                || {
-                    let span = tracing::info_span!(
-                        "mongodb.update",
-                        otel.name = format!("update {collection}"),
-                        otel.kind = "client",
-                        db.system = "mongodb",
-                        db.namespace = %database,
-                        db.collection.name = %collection,
-                        db.operation.name = "update",
-                        db.operation.batch.size = docs.len(),
-                    );
-                    store.write_batch(&collection, &docs).instrument(span)
-                },
-            )
-            .await
-        })
-    })
+    Arc::new(
+        move |collection: String, docs: Vec<RawDocumentBuf>, links| {
+            let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
+            Box::pin(async move {
+                WriteCommand { docs: docs.len() }.emit(&metrics);
+                let database = store.database().name().to_owned();
+                retry_forever(
+                    "database_write",
+                    Backoff::from_config(&retry),
+                    &metrics,
+                    |e: &leafsync_core::StoreError| e.class.as_str(),
+                    || {
+                        let span = tracing::info_span!(
+                            "mongodb.update",
+                            otel.name = format!("update {collection}"),
+                            otel.kind = "client",
+                            db.system = "mongodb",
+                            db.namespace = %database,
+                            db.collection.name = %collection,
+                            db.operation.name = "update",
+                            db.operation.batch.size = docs.len(),
+                        );
+                        for l in &links {
+                            span.add_link(l.clone());
+                        }
+                        store.write_batch(&collection, &docs).instrument(span)
+                    },
+                )
+                .await
+            })
+        },
+    )
 }

@@ -22,13 +22,22 @@ use std::time::Duration;
 
 use leafsync_core::WriteResult;
 use mongodb::bson::RawDocumentBuf;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 // tokio's clock, so that tests on paused time see the queueing they cause.
 use tokio::time::Instant;
 
 /// Writes documents into a collection, retrying until acknowledged (the one database write).
+/// It runs inside the span of the first batch in the command; the spans of the others are
+/// passed to be linked, so every batch's trace reaches the database call.
 pub type WriteFn = Arc<
-    dyn Fn(String, Vec<RawDocumentBuf>) -> Pin<Box<dyn Future<Output = Vec<WriteResult>> + Send>>
+    dyn Fn(
+            String,
+            Vec<RawDocumentBuf>,
+            Vec<SpanContext>,
+        ) -> Pin<Box<dyn Future<Output = Vec<WriteResult>> + Send>>
         + Send
         + Sync,
 >;
@@ -47,6 +56,8 @@ pub struct Written {
 struct Request {
     docs: Vec<RawDocumentBuf>,
     ids: Vec<i64>,
+    /// The caller's span (its batch span): the command's parent or one of its links.
+    span: tracing::Span,
     at: Instant,
     reply: oneshot::Sender<Written>,
 }
@@ -118,6 +129,7 @@ impl Writers {
             match tx.send(Request {
                 docs,
                 ids,
+                span: tracing::Span::current(),
                 at,
                 reply,
             }) {
@@ -138,7 +150,7 @@ impl Writers {
     async fn alone(&self, collection: &str, docs: Vec<RawDocumentBuf>, at: Instant) -> Written {
         let queued = at.elapsed();
         let started = Instant::now();
-        let results = (self.write)(collection.to_owned(), docs).await;
+        let results = (self.write)(collection.to_owned(), docs, Vec::new()).await;
         Written {
             results,
             queued,
@@ -216,11 +228,20 @@ async fn lane(
         let started = Instant::now();
         let mut docs = Vec::with_capacity(requests.iter().map(|r| r.docs.len()).sum());
         let mut replies = Vec::with_capacity(requests.len());
+        let parent = requests[0].span.clone();
+        let links = requests[1..]
+            .iter()
+            .map(|r| r.span.context().span().span_context().clone())
+            .filter(SpanContext::is_valid)
+            .collect();
         for r in requests {
             replies.push((r.docs.len(), started - r.at, r.reply));
             docs.extend(r.docs);
         }
-        let mut results = write(collection.clone(), docs).await.into_iter();
+        let mut results = write(collection.clone(), docs, links)
+            .instrument(parent)
+            .await
+            .into_iter();
         let took = started.elapsed();
         for (n, queued, reply) in replies {
             // A caller that went away (an aborted task) just misses its answer.
@@ -244,7 +265,7 @@ mod tests {
     fn recording(delay: Duration) -> (WriteFn, Arc<std::sync::Mutex<Vec<Vec<i64>>>>) {
         let log: Arc<std::sync::Mutex<Vec<Vec<i64>>>> = Arc::default();
         let l = log.clone();
-        let f: WriteFn = Arc::new(move |_c, docs| {
+        let f: WriteFn = Arc::new(move |_c, docs, _links| {
             let ids: Vec<i64> = docs.iter().map(|d| d.get_i64("id").unwrap()).collect();
             l.lock().unwrap().push(ids.clone());
             Box::pin(async move {
