@@ -13,9 +13,7 @@ pub struct Checkpoint {
     pub position: Document,
     /// Whether the pass reached the end of the source.
     pub finished: bool,
-    /// Documents read in this pass so far (all runs of it).
-    pub read: u64,
-    /// Outcomes in this pass so far (all runs of it).
+    /// Outcomes in this pass so far (all runs of it): one per document read.
     pub counts: OutcomeCounts,
 }
 
@@ -70,7 +68,6 @@ impl Checkpoints {
         Ok(Some(Checkpoint {
             position: d.get_document("position").cloned().unwrap_or_default(),
             finished: d.get_bool("finished").unwrap_or(false),
-            read: count(&d, "read"),
             counts,
         }))
     }
@@ -91,7 +88,8 @@ impl Checkpoints {
             "type": type_.as_str(),
             "position": cp.position.clone(),
             "finished": cp.finished,
-            "read": to_i64(cp.read),
+            // Derived, kept for people and tools reading the collection.
+            "read": to_i64(cp.counts.total()),
             "counts": counts,
             "updated_at": mongodb::bson::DateTime::now(),
         };

@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod progress;
 pub mod source;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use leafsync_core::config::{Config, Secret};
-use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, Store};
+use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, Store, StoreError};
 use mongodb::bson::RawDocumentBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,7 @@ use crate::plan::{plan, Consumed, Plan, Rules};
 use crate::Shared;
 use checkpoint::{Checkpoint, Checkpoints};
 use progress::{Progress, TypeSummary};
-use source::{JsonLinesSource, MongoSource, Record, Source, SourceError};
+use source::{JsonLinesSource, Location, MongoSource, Record, Source, SourceError};
 
 /// Where one image type's documents come from.
 #[derive(Debug, Clone)]
@@ -121,6 +122,8 @@ struct Ctx<'a> {
     pacer: Pacer,
     progress: Progress,
     shutdown: &'a CancellationToken,
+    /// Source database clients by (URI, database).
+    source_clients: tokio::sync::Mutex<HashMap<(String, String), Store>>,
 }
 
 /// Runs the backfill of every configured type, concurrently, until done or `shutdown`.
@@ -183,6 +186,7 @@ pub async fn run(
         pacer: Pacer::new(opts.rate),
         progress: Progress::new(),
         shutdown: &shutdown,
+        source_clients: tokio::sync::Mutex::default(),
     };
     let types = futures::future::join_all(
         opts.sources
@@ -207,22 +211,34 @@ async fn backfill_spec(ctx: &Ctx<'_>, t: ImageType, spec: &SourceSpec) -> TypeSu
             uri,
             database,
             collection,
-        } => {
-            let cfg = leafsync_core::config::MongoConfig {
-                uri: uri.clone(),
-                database: database.clone(),
-                ..ctx.shared.config.mongo.clone()
-            };
-            match Store::connect(&cfg, "leafsync-backfill-source").await {
-                Ok(s) => backfill(ctx, t, MongoSource::new(s, collection)).await,
-                Err(e) => failed(t, format!("mongodb:{database}.{collection}"), &e),
-            }
-        }
+        } => match source_store(ctx, uri, database).await {
+            Ok(s) => backfill(ctx, t, MongoSource::new(s, collection)).await,
+            Err(e) => failed(t, format!("mongodb:{database}.{collection}"), &e),
+        },
         SourceSpec::JsonLines(path) => {
             let max = ctx.shared.config.worker.max_event_bytes;
             backfill(ctx, t, JsonLinesSource::new(path.clone(), max)).await
         }
     }
+}
+
+/// The client of a source database: one per server and database, however many types read it
+/// (the producer database gets one connection pool, not one per type).
+async fn source_store(ctx: &Ctx<'_>, uri: &Secret, database: &str) -> Result<Store, StoreError> {
+    // Held across the connect on purpose: the other types wait for this one client.
+    let mut clients = ctx.source_clients.lock().await;
+    let key = (uri.expose().to_owned(), database.to_owned());
+    if let Some(s) = clients.get(&key) {
+        return Ok(s.clone());
+    }
+    let cfg = leafsync_core::config::MongoConfig {
+        uri: uri.clone(),
+        database: database.to_owned(),
+        ..ctx.shared.config.mongo.clone()
+    };
+    let store = Store::connect(&cfg, "leafsync-backfill-source").await?;
+    clients.insert(key, store.clone());
+    Ok(store)
 }
 
 fn failed(t: ImageType, source: String, e: &dyn std::fmt::Display) -> TypeSummary {
@@ -237,16 +253,26 @@ fn failed(t: ImageType, source: String, e: &dyn std::fmt::Display) -> TypeSummar
 /// permanent error, or shutdown.
 async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> TypeSummary {
     let started = Instant::now();
-    let name = source.name();
+    let location = source.location();
+    let name = location.to_string();
     let key = Checkpoints::key(t, &name);
     let mut summary = TypeSummary::new(t, name.clone());
     let mut pass = match start(ctx, t, &key, &mut source).await {
         Ok(cp) => cp,
         Err(e) => return failed(t, name, &e),
     };
-    summary.resumed_after = (pass.read > 0).then_some(pass.read);
+    let before = pass.counts.total();
+    summary.resumed_after = (before > 0).then_some(before);
     let size = source.size().await.ok().flatten();
-    let mut bar = ctx.progress.add(t, size, source.counts_bytes());
+    let mut bar = ctx.progress.add(t, size, source.bytes_read().is_some());
+    let projection = ctx.shared.config.types.projection(t);
+    let rules = Rules {
+        partition: 0,
+        partitions_in_topic: None,
+        projection: &projection,
+        max_event_bytes: ctx.shared.config.worker.max_event_bytes,
+        keyed: false,
+    };
     tracing::info!(r#type = t.as_str(), source = %name, resumed_after = summary.resumed_after, dry_run = ctx.opts.dry_run, "backfill started");
     let mut page = read_page(ctx, &mut source).await;
     loop {
@@ -263,8 +289,8 @@ async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> Type
             }
         };
         let position = source.position();
-        let progress = source.progress();
-        let planned = prepare(ctx, t, &source, records);
+        let bytes_read = source.bytes_read();
+        let planned = prepare(&rules, &location, records);
         // Read the next page while this one is written; on shutdown, finish this one only.
         let (counts, next) = if ctx.shutdown.is_cancelled() {
             (settle(ctx, t, planned).await, Ok(None))
@@ -272,13 +298,11 @@ async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> Type
             tokio::join!(settle(ctx, t, planned), read_page(ctx, &mut source))
         };
         page = next;
-        summary.read += counts.total();
         summary.counts.merge(&counts);
-        pass.read += counts.total();
         pass.counts.merge(&counts);
         pass.position = position;
         save(ctx, t, &key, &pass).await;
-        bar.update(progress, pass.read, &pass.counts);
+        bar.update(bytes_read.unwrap_or(pass.counts.total()), &pass.counts);
     }
     if summary.finished {
         pass.finished = true;
@@ -289,7 +313,7 @@ async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> Type
     tracing::info!(
         r#type = t.as_str(),
         source = %name,
-        read = summary.read,
+        read = summary.counts.total(),
         finished = summary.finished,
         error = summary.error,
         "backfill ended"
@@ -317,7 +341,7 @@ async fn start<S: Source>(
             source.resume(&cp.position).await?;
             tracing::info!(
                 r#type = t.as_str(),
-                read = cp.read,
+                read = cp.counts.total(),
                 "resuming from the checkpoint"
             );
             Ok(cp)
@@ -352,23 +376,14 @@ async fn read_page<S: Source>(
     }
 }
 
-/// A page planned: the records, the plan, and each record's dead-letter position headers.
-struct Planned {
+/// A page planned: the records, the plan, and where the records are (for dead letters).
+struct Planned<'a> {
     records: Vec<Record>,
     plan: Plan,
-    origins: Vec<Vec<(&'static str, String)>>,
+    location: &'a Location,
 }
 
-fn prepare<S: Source>(ctx: &Ctx<'_>, t: ImageType, source: &S, records: Vec<Record>) -> Planned {
-    let types = &ctx.shared.config.types;
-    let projection = types.projection(t);
-    let rules = Rules {
-        partition: 0,
-        partitions_in_topic: None,
-        projection: &projection,
-        max_event_bytes: ctx.shared.config.worker.max_event_bytes,
-        keyed: false,
-    };
+fn prepare<'a>(rules: &Rules<'_>, location: &'a Location, records: Vec<Record>) -> Planned<'a> {
     let consumed: Vec<Consumed<'_>> = records
         .iter()
         .enumerate()
@@ -378,27 +393,16 @@ fn prepare<S: Source>(ctx: &Ctx<'_>, t: ImageType, source: &S, records: Vec<Reco
             payload: Some(&r.payload),
         })
         .collect();
-    let plan = plan(&consumed, &rules);
-    let origins = records
-        .iter()
-        .map(|r| {
-            let mut o = vec![(
-                crate::dead_letter::header::SOURCE_TYPE,
-                t.as_str().to_owned(),
-            )];
-            o.extend(source.origin(&r.at));
-            o
-        })
-        .collect();
+    let plan = plan(&consumed, rules);
     Planned {
         records,
         plan,
-        origins,
+        location,
     }
 }
 
 /// Dead-letters the refused, writes (or in a dry run, classifies) the rest, and counts.
-async fn settle(ctx: &Ctx<'_>, t: ImageType, p: Planned) -> OutcomeCounts {
+async fn settle(ctx: &Ctx<'_>, t: ImageType, mut p: Planned<'_>) -> OutcomeCounts {
     let shared = ctx.shared;
     let m = &shared.metrics;
     let topic = &shared.config.types.get(t).topic;
@@ -418,8 +422,10 @@ async fn settle(ctx: &Ctx<'_>, t: ImageType, p: Planned) -> OutcomeCounts {
     for &(_, _, outcome) in &p.plan.skipped {
         counts.add(outcome);
     }
-    let (index, docs): (Vec<usize>, Vec<RawDocumentBuf>) =
-        p.plan.writes.iter().map(|w| (w.msg, w.doc.clone())).unzip();
+    let (index, docs): (Vec<usize>, Vec<RawDocumentBuf>) = std::mem::take(&mut p.plan.writes)
+        .into_iter()
+        .map(|w| (w.msg, w.doc))
+        .unzip();
     let results = if ctx.opts.dry_run {
         classify(ctx, collection, &docs).await
     } else {
@@ -456,14 +462,21 @@ async fn classify(
         "database_read",
         Backoff::from_config(&ctx.shared.config.worker.retry),
         &ctx.shared.metrics,
-        |e: &leafsync_core::StoreError| e.class.as_str(),
+        |e: &StoreError| e.class.as_str(),
         || ctx.shared.store.classify(collection, docs),
     )
     .await;
     outcomes.into_iter().map(Ok).collect()
 }
 
-async fn dead_letter(ctx: &Ctx<'_>, t: ImageType, p: &Planned, i: usize, kind: &str, reason: &str) {
+async fn dead_letter(
+    ctx: &Ctx<'_>,
+    t: ImageType,
+    p: &Planned<'_>,
+    i: usize,
+    kind: &str,
+    reason: &str,
+) {
     if ctx.opts.dry_run {
         tracing::info!(
             r#type = t.as_str(),
@@ -474,7 +487,12 @@ async fn dead_letter(ctx: &Ctx<'_>, t: ImageType, p: &Planned, i: usize, kind: &
         return;
     }
     let r = &p.records[i];
-    let origin: Vec<(&str, &str)> = p.origins[i].iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut headers = vec![(
+        crate::dead_letter::header::SOURCE_TYPE,
+        t.as_str().to_owned(),
+    )];
+    headers.extend(p.location.headers(&r.at));
+    let origin: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ctx.shared
         .dead_letter
         .send_backfill(
@@ -499,7 +517,7 @@ async fn save(ctx: &Ctx<'_>, t: ImageType, key: &str, pass: &Checkpoint) {
         "backfill_checkpoint",
         Backoff::from_config(&ctx.shared.config.worker.retry),
         &ctx.shared.metrics,
-        |e: &leafsync_core::StoreError| e.class.as_str(),
+        |e: &StoreError| e.class.as_str(),
         || ctx.checkpoints.save(key, t, pass),
     )
     .await;

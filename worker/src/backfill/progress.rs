@@ -68,8 +68,8 @@ pub struct TypeProgress {
 }
 
 impl TypeProgress {
-    /// The source has been read up to `at` (its units); `read` documents so far.
-    pub fn update(&mut self, at: u64, read: u64, counts: &OutcomeCounts) {
+    /// The source has been read up to `at` (its units); `counts` has one outcome per document.
+    pub fn update(&mut self, at: u64, counts: &OutcomeCounts) {
         if let Some(b) = &self.bar {
             b.set_position(at);
             b.set_message(format!(
@@ -83,6 +83,7 @@ impl TypeProgress {
                 .size
                 .filter(|&s| s > 0)
                 .map(|s| (at as f64 * 100.0 / s as f64).min(100.0));
+            let read = counts.total();
             tracing::info!(
                 r#type = self.t.as_str(),
                 read,
@@ -111,9 +112,7 @@ pub struct TypeSummary {
     pub t: ImageType,
     /// The source's name.
     pub source: String,
-    /// Documents read in this run.
-    pub read: u64,
-    /// Outcomes in this run.
+    /// Outcomes in this run: one per document read.
     pub counts: OutcomeCounts,
     /// Documents the pass had read before this run (when it resumed a checkpoint).
     pub resumed_after: Option<u64>,
@@ -131,7 +130,6 @@ impl TypeSummary {
         Self {
             t,
             source,
-            read: 0,
             counts: OutcomeCounts::default(),
             resumed_after: None,
             finished: false,
@@ -142,7 +140,7 @@ impl TypeSummary {
 
     /// Documents per second in this run.
     pub fn docs_per_s(&self) -> f64 {
-        self.read as f64 / self.elapsed.as_secs_f64().max(0.001)
+        self.counts.total() as f64 / self.elapsed.as_secs_f64().max(0.001)
     }
 
     fn state(&self) -> &'static str {
@@ -175,16 +173,14 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
         "docs/s"
     );
     let mut total = OutcomeCounts::default();
-    let mut read = 0;
     for s in summaries {
         total.merge(&s.counts);
-        read += s.read;
         let _ = writeln!(
             out,
             "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>8} {:>8.0}  {}{}",
             s.t.as_str(),
             s.state(),
-            s.read,
+            s.counts.total(),
             s.counts.get(Outcome::Inserted),
             s.counts.get(Outcome::Updated),
             s.counts.get(Outcome::Unchanged),
@@ -203,7 +199,7 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
         "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>8}",
         "total",
         "",
-        read,
+        total.total(),
         total.get(Outcome::Inserted),
         total.get(Outcome::Updated),
         total.get(Outcome::Unchanged),
@@ -238,7 +234,6 @@ mod tests {
         let s = |t, finished, error: Option<&str>| TypeSummary {
             t,
             source: format!("jsonl:/x/{t}.jsonl"),
-            read: 9,
             counts: counts.clone(),
             resumed_after: None,
             finished,

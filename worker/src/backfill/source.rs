@@ -61,13 +61,61 @@ impl SourceError {
     }
 }
 
+/// Where a source's documents are: its name for the checkpoint and logs (`Display`:
+/// `mongodb:producer.potato_images`, `jsonl:/data/potato.jsonl`) and the dead-letter headers
+/// that locate one of its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A collection of a MongoDB database.
+    Collection {
+        /// The database.
+        database: String,
+        /// The collection.
+        collection: String,
+    },
+    /// A file, by its absolute path.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Collection {
+                database,
+                collection,
+            } => write!(f, "mongodb:{database}.{collection}"),
+            Location::File(path) => write!(f, "jsonl:{}", path.display()),
+        }
+    }
+}
+
+impl Location {
+    /// Dead-letter headers that locate `at` here.
+    pub fn headers(&self, at: &At) -> Vec<(&'static str, String)> {
+        let mut v = match self {
+            Location::Collection {
+                database,
+                collection,
+            } => vec![
+                (header::SOURCE_DATABASE, database.clone()),
+                (header::SOURCE_COLLECTION, collection.clone()),
+            ],
+            Location::File(path) => vec![(header::SOURCE_FILE, path.display().to_string())],
+        };
+        v.push(match at {
+            At::Document(id) => (header::SOURCE_DOCUMENT_ID, id.clone()),
+            At::Line(n) => (header::SOURCE_LINE, n.to_string()),
+        });
+        v
+    }
+}
+
 /// A source of one image type's documents, read in pages in a stable order.
 pub trait Source: Send {
-    /// A stable name for the checkpoint and logs (`mongodb:producer.potato_images`,
-    /// `jsonl:/data/potato.jsonl`).
-    fn name(&self) -> String;
-    /// The size of the whole source in [`progress`](Self::progress) units (documents or
-    /// bytes), when known, for the ETA.
+    /// Where its documents are.
+    fn location(&self) -> Location;
+    /// The size of the whole source, when known, for the ETA: in bytes when
+    /// [`bytes_read`](Self::bytes_read) counts progress, else in documents.
     fn size(&self) -> impl Future<Output = Result<Option<u64>, SourceError>> + Send;
     /// Continues after `position`, a value [`position`](Self::position) returned earlier.
     fn resume(
@@ -82,12 +130,9 @@ pub trait Source: Send {
     ) -> impl Future<Output = Result<Vec<Record>, SourceError>> + Send;
     /// The position after the last record returned (what the checkpoint saves).
     fn position(&self) -> Document;
-    /// How far the source has been read, in [`size`](Self::size) units.
-    fn progress(&self) -> u64;
-    /// Whether those units are bytes (a file) rather than documents.
-    fn counts_bytes(&self) -> bool;
-    /// Dead-letter headers that locate `at` in this source.
-    fn origin(&self, at: &At) -> Vec<(&'static str, String)>;
+    /// How far a file has been read, in bytes; `None` for a source whose progress is the
+    /// number of documents read.
+    fn bytes_read(&self) -> Option<u64>;
 }
 
 /// One collection of a MongoDB database (the producer database, or a restored dump), read in
@@ -101,7 +146,6 @@ pub struct MongoSource {
     phase: Phase,
     /// `(id, _id)` of the last document returned in the current phase.
     last: Option<(Bson, Bson)>,
-    read: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +173,6 @@ impl MongoSource {
             collection: collection.to_owned(),
             phase: Phase::ById,
             last: None,
-            read: 0,
         }
     }
 
@@ -180,12 +223,11 @@ fn show_id(v: &Bson) -> String {
 }
 
 impl Source for MongoSource {
-    fn name(&self) -> String {
-        format!(
-            "mongodb:{}.{}",
-            self.store.database().name(),
-            self.collection
-        )
+    fn location(&self) -> Location {
+        Location::Collection {
+            database: self.store.database().name().to_owned(),
+            collection: self.collection.clone(),
+        }
     }
 
     async fn size(&self) -> Result<Option<u64>, SourceError> {
@@ -210,11 +252,6 @@ impl Source for MongoSource {
             (None, None) => None,
             _ => return Err(bad()),
         };
-        self.read = position
-            .get_i64("read")
-            .ok()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
         Ok(())
     }
 
@@ -243,12 +280,11 @@ impl Source for MongoSource {
             });
             self.last = Some((id, oid));
         }
-        self.read += out.len() as u64;
         Ok(out)
     }
 
     fn position(&self) -> Document {
-        let mut d = doc! {"phase": self.phase.as_str(), "read": i64::try_from(self.read).unwrap_or(i64::MAX)};
+        let mut d = doc! {"phase": self.phase.as_str()};
         if let Some((id, oid)) = &self.last {
             d.insert("id", id.clone());
             d.insert("_id", oid.clone());
@@ -256,26 +292,8 @@ impl Source for MongoSource {
         d
     }
 
-    fn progress(&self) -> u64 {
-        self.read
-    }
-
-    fn counts_bytes(&self) -> bool {
-        false
-    }
-
-    fn origin(&self, at: &At) -> Vec<(&'static str, String)> {
-        let mut v = vec![
-            (
-                header::SOURCE_DATABASE,
-                self.store.database().name().to_owned(),
-            ),
-            (header::SOURCE_COLLECTION, self.collection.clone()),
-        ];
-        if let At::Document(id) = at {
-            v.push((header::SOURCE_DOCUMENT_ID, id.clone()));
-        }
-        v
+    fn bytes_read(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -304,11 +322,6 @@ impl JsonLinesSource {
             offset: 0,
             line: 0,
         }
-    }
-
-    /// The file's absolute path (the checkpoint's and the dead letters' name for it).
-    fn absolute(&self) -> PathBuf {
-        std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone())
     }
 
     fn io(&self, source: std::io::Error) -> SourceError {
@@ -366,8 +379,8 @@ impl JsonLinesSource {
 }
 
 impl Source for JsonLinesSource {
-    fn name(&self) -> String {
-        format!("jsonl:{}", self.absolute().display())
+    fn location(&self) -> Location {
+        Location::File(std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone()))
     }
 
     async fn size(&self) -> Result<Option<u64>, SourceError> {
@@ -424,20 +437,8 @@ impl Source for JsonLinesSource {
         }
     }
 
-    fn progress(&self) -> u64 {
-        self.offset
-    }
-
-    fn counts_bytes(&self) -> bool {
-        true
-    }
-
-    fn origin(&self, at: &At) -> Vec<(&'static str, String)> {
-        let mut v = vec![(header::SOURCE_FILE, self.absolute().display().to_string())];
-        if let At::Line(n) = at {
-            v.push((header::SOURCE_LINE, n.to_string()));
-        }
-        v
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.offset)
     }
 }
 
@@ -476,7 +477,7 @@ mod tests {
                 (b"{\"c\":".to_vec(), At::Line(5)),
             ]
         );
-        assert_eq!(s.progress(), s.size().await.unwrap().unwrap());
+        assert_eq!(s.bytes_read(), s.size().await.unwrap());
     }
 
     #[tokio::test]
