@@ -133,14 +133,14 @@ impl Writers {
                 at,
                 reply,
             }) {
-                Ok(()) => {
-                    if let Ok(w) = rx.await {
-                        return w;
-                    }
-                    // The writers are gone (shutting down): the batch went with them unwritten;
-                    // the caller's offset has not moved, so it is re-delivered.
-                    return Written::default();
-                }
+                Ok(()) => match rx.await {
+                    Ok(w) => return w,
+                    // The writer dropped the batch without an answer: its write panicked. An
+                    // empty answer would let the caller store an offset past events that were
+                    // never written, so the panic goes on to the caller, as it did when the
+                    // caller wrote itself: its offset stays, and the events are re-delivered.
+                    Err(_) => panic!("the {collection} writer stopped without answering"),
+                },
                 Err(mpsc::error::SendError(r)) => return self.alone(collection, r.docs, at).await,
             }
         }
@@ -392,6 +392,22 @@ mod tests {
         assert_eq!(got.results.len(), 1);
         assert_eq!(got.queued, Duration::from_millis(5));
         assert_eq!(*log.lock().unwrap(), vec![vec![1]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_panics_fails_its_callers_instead_of_answering_nothing() {
+        let f: WriteFn = Arc::new(|_c, _docs, _links| Box::pin(async { panic!("driver bug") }));
+        let w = Arc::new(Writers::start(
+            ["c".to_owned()],
+            &Arc::new(Semaphore::new(1)),
+            10,
+            f,
+        ));
+        let caller = tokio::spawn(async move { w.write("c", docs(&[1])).await });
+        let e = caller
+            .await
+            .expect_err("an empty answer would let the caller store its offset");
+        assert!(e.is_panic());
     }
 
     #[tokio::test(start_paused = true)]
