@@ -379,6 +379,9 @@ pub struct WorkerConfig {
     pub fetch_wait_max_ms: u64,
     /// Write commands at the same time (each merges the batches of several partitions).
     pub max_in_flight_batches: usize,
+    /// How a write learns each event's outcome: from its reply, a read first, or per collection
+    /// whichever suits the recent mix.
+    pub outcomes: crate::classify::OutcomePolicy,
     /// How often the consumer-lag gauges are refreshed.
     pub lag_interval_ms: u64,
     /// Micro-batching.

@@ -4,18 +4,29 @@
 //!
 //! # The stale guard
 //! Every event becomes one statement of an *unordered* `update` command:
-//! `{q: {id, updated_at: {$lte: T}}, u: <full document>, upsert: true}`. When the stored
-//! version is older or equal the filter matches and the document is replaced (equal ⇒ nothing
-//! changes ⇒ *unchanged*); when none exists it is inserted; when a newer one exists the filter
-//! misses, the upsert tries to insert a second `id` and the unique index refuses with E11000 ⇒
-//! *stale*. Outcomes come from one indexed read of the stored versions before the write
-//! (portable: servers differ in how they count an identical replacement), and known-stale
-//! events are not sent at all. The statements of one command must touch distinct ids (the worker collapses a batch
-//! to the newest event per id), so they commute and unordered is safe: one failing statement
-//! never stops the others. An E11000 can also be a race with a concurrent insert of the same id
-//! (two workers during a rebalance), so those statements are tried once more; a second E11000
-//! is certainly stale. The raw `update` command works on MongoDB 6.0+, unlike
-//! `Client::bulk_write`, which needs 8.0.
+//! `{q: {id, updated_at: {$lt|$lte: T}}, u: <full document>, upsert: true}`. When the stored
+//! version passes the guard the filter matches and the document is replaced; when none exists
+//! it is inserted; otherwise the filter misses, the upsert tries to insert a second `id` and the
+//! unique index refuses with E11000. MongoDB retries such an insert as an update only when the
+//! query is equalities matching the duplicate key exactly (SERVER-37124); ours has a range on
+//! `updated_at`, so the E11000 always reaches us. The statements of one command must
+//! touch distinct ids (the worker collapses a batch to the newest event per id), so they
+//! commute and unordered is safe: one failing statement never stops the others. The raw
+//! `update` command works on MongoDB 6.0+, unlike `Client::bulk_write`, which needs 8.0.
+//!
+//! # Outcomes from the reply ([`Classify::FromReply`], the stream's way)
+//! The first command guards with `$lt` (strictly older): a statement listed in the reply's
+//! `upserted` is *inserted*, one not refused replaced an older version (*updated*). The refused
+//! ones (stored version equal or newer, or a concurrent insert of the same id) go once more
+//! guarded with `$lte`: matched means the stored version is equal, replaced so the later event
+//! of a tie wins (*unchanged*); refused again is *stale*. No read, and no reliance on the
+//! reply's `nModified`, which servers count differently for an identical replacement. An event
+//! that is new or newer than what is stored costs one round trip; a replay or a stale event two.
+//!
+//! # Outcomes from a read ([`Classify::ReadFirst`], a backfill's way)
+//! One indexed read of the stored versions labels every event, known-stale events are not
+//! sent, and the rest go guarded with `$lte`. Two round trips always, but a replayed event
+//! costs one statement instead of a refused one and a retry: cheaper when most are replays.
 
 use std::time::{Duration, Instant};
 
@@ -374,31 +385,98 @@ impl Store {
         Ok(())
     }
 
-    /// Writes documents (each with `id` and `updated_at`, all ids distinct) with the stale
-    /// guard described in the module docs, and says what happened to each, in order.
-    /// `Err` means nothing can be said about which were applied; retrying the same call is
-    /// safe because every statement is idempotent. Documents are raw BSON because that is the
-    /// smallest form to hold while a batch is in flight and what goes on the wire anyway.
+    /// [`write_batch_with`](Self::write_batch_with) with the outcomes taken from the reply,
+    /// the stream's way.
     pub async fn write_batch(
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
     ) -> Result<Vec<WriteResult>, StoreError> {
-        // One indexed read classifies every event exactly (inserted/updated/unchanged/stale);
-        // the write's own guard still decides, so a concurrent writer cannot make us regress.
-        let mut outcomes: Vec<WriteResult> = self
-            .classify(collection, docs)
-            .await?
-            .into_iter()
-            .map(Ok)
-            .collect();
-        let to_write: Vec<usize> = (0..docs.len())
-            .filter(|&i| outcomes[i] != Ok(Outcome::Stale))
-            .collect();
-        let mut duplicates = Vec::new();
-        for chunk in chunks(docs, &to_write) {
+        self.write_batch_with(collection, docs, Classify::FromReply)
+            .await
+    }
+
+    /// Writes documents (each with `id` and `updated_at`, all ids distinct) with the stale
+    /// guard described in the module docs, and says what happened to each, in order.
+    /// `Err` means nothing can be said about which were applied; retrying the same call is
+    /// safe because every statement is idempotent. Documents are raw BSON because that is the
+    /// smallest form to hold while a batch is in flight and what goes on the wire anyway.
+    pub async fn write_batch_with(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+        classify: Classify,
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        let (mut outcomes, to_write, guard) = match classify {
+            Classify::ReadFirst => {
+                let outcomes: Vec<WriteResult> = self
+                    .classify(collection, docs)
+                    .await?
+                    .into_iter()
+                    .map(Ok)
+                    .collect();
+                let to_write: Vec<usize> = (0..docs.len())
+                    .filter(|&i| outcomes[i] != Ok(Outcome::Stale))
+                    .collect();
+                (outcomes, to_write, Guard::NotNewer)
+            }
+            // A statement the reply neither lists as upserted nor refuses replaced an older one.
+            Classify::FromReply => (
+                vec![Ok(Outcome::Updated); docs.len()],
+                (0..docs.len()).collect(),
+                Guard::Older,
+            ),
+        };
+        let mut refused = Vec::new();
+        self.write_chunks(
+            collection,
+            docs,
+            &to_write,
+            guard,
+            &mut outcomes,
+            &mut refused,
+        )
+        .await?;
+        if refused.is_empty() {
+            return Ok(outcomes);
+        }
+        // Refused by the unique index: with `$lt`, the stored version is equal or newer; with
+        // either guard, perhaps a race with a concurrent insert of the same id (two workers
+        // during a rebalance). Once more with `$lte`: matched is a tie, refused again is stale.
+        if classify == Classify::FromReply {
+            for &i in &refused {
+                outcomes[i] = Ok(Outcome::Unchanged);
+            }
+        }
+        let mut again = Vec::new();
+        self.write_chunks(
+            collection,
+            docs,
+            &refused,
+            Guard::NotNewer,
+            &mut outcomes,
+            &mut again,
+        )
+        .await?;
+        for i in again {
+            outcomes[i] = Ok(Outcome::Stale);
+        }
+        Ok(outcomes)
+    }
+
+    /// The statements `indexes` of `docs`, in commands below the size limit.
+    async fn write_chunks(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+        indexes: &[usize],
+        guard: Guard,
+        outcomes: &mut [WriteResult],
+        refused: &mut Vec<usize>,
+    ) -> Result<(), StoreError> {
+        for chunk in chunks(docs, indexes) {
             match self
-                .update_command(collection, docs, &chunk, &mut outcomes, &mut duplicates)
+                .update_command(collection, docs, &chunk, guard, outcomes, refused)
                 .await
             {
                 Ok(()) => {}
@@ -406,23 +484,14 @@ impl Store {
                 // by one so only the faulty document is rejected and the rest go through.
                 Err(e) if !e.is_transient() => {
                     for &i in &chunk {
-                        self.write_one(collection, docs, i, &mut outcomes, &mut duplicates)
+                        self.write_one(collection, docs, i, guard, outcomes, refused)
                             .await?;
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        if !duplicates.is_empty() {
-            // E11000 once may be a race with a concurrent insert of the same id; twice is stale.
-            let mut again = Vec::new();
-            self.update_command(collection, docs, &duplicates, &mut outcomes, &mut again)
-                .await?;
-            for i in again {
-                outcomes[i] = Ok(Outcome::Stale);
-            }
-        }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// What [`write_batch`](Self::write_batch) would do with each document right now
@@ -458,10 +527,17 @@ impl Store {
         docs: &[RawDocumentBuf],
     ) -> Result<(), StoreError> {
         let mut outcomes = vec![Ok(Outcome::Inserted); docs.len()];
-        let mut duplicates = Vec::new();
+        let mut refused = Vec::new();
         for chunk in chunks(docs, &(0..docs.len()).collect::<Vec<_>>()) {
-            self.update_command(collection, docs, &chunk, &mut outcomes, &mut duplicates)
-                .await?;
+            self.update_command(
+                collection,
+                docs,
+                &chunk,
+                Guard::NotNewer,
+                &mut outcomes,
+                &mut refused,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -493,11 +569,12 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
         index: usize,
+        guard: Guard,
         outcomes: &mut [WriteResult],
-        duplicates: &mut Vec<usize>,
+        refused: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
         match self
-            .update_command(collection, docs, &[index], outcomes, duplicates)
+            .update_command(collection, docs, &[index], guard, outcomes, refused)
             .await
         {
             Err(e) if e.is_document_fault() => {
@@ -511,17 +588,18 @@ impl Store {
         }
     }
 
-    /// One unordered `update` command over `indexes` of `docs`; records rejections in
-    /// `outcomes` and duplicate-key refusals in `duplicates`.
+    /// One unordered `update` command over `indexes` of `docs`; records insertions and
+    /// rejections in `outcomes` and duplicate-key refusals in `refused`.
     async fn update_command(
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
         indexes: &[usize],
+        guard: Guard,
         outcomes: &mut [WriteResult],
-        duplicates: &mut Vec<usize>,
+        refused: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
-        let command = update_command(collection, indexes.iter().map(|&i| docs[i].as_ref()));
+        let command = update_command(collection, guard, indexes.iter().map(|&i| docs[i].as_ref()));
         let reply = self
             .db
             .run_raw_command(command)
@@ -538,18 +616,24 @@ impl Store {
                 )
             });
         }
+        let statement = |d: &Document| int_field(d, "index").and_then(|i| indexes.get(i).copied());
+        for u in reply.get_array("upserted").into_iter().flatten() {
+            if let Some(index) = u.as_document().and_then(statement) {
+                outcomes[index] = Ok(Outcome::Inserted);
+            }
+        }
         let Ok(errors) = reply.get_array("writeErrors") else {
             return Ok(());
         };
         let mut transient = None;
         for e in errors.iter().filter_map(Bson::as_document) {
-            let Some(&index) = int_field(e, "index").and_then(|i| indexes.get(i)) else {
+            let Some(index) = statement(e) else {
                 continue;
             };
             let code = e.get_i32("code").unwrap_or(0);
             let message = e.get_str("errmsg").unwrap_or("").to_owned();
             if code == DUPLICATE_KEY {
-                duplicates.push(index);
+                refused.push(index);
             } else if is_transient_code(code) {
                 transient = Some(StoreError::reply("update", code, message));
             } else {
@@ -576,24 +660,48 @@ fn int_field(d: &Document, key: &str) -> Option<usize> {
     }
 }
 
+/// How [`Store::write_batch_with`] learns each event's outcome (see the module docs;
+/// [`crate::classify`] chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classify {
+    /// From the write's own reply: one round trip for a new or newer event.
+    FromReply,
+    /// From a read of the stored versions before the write: cheaper when most are replays.
+    ReadFirst,
+}
+
+/// Which stored versions a statement may replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Strictly older (`$lt`).
+    Older,
+    /// Older or equal (`$lte`): the version rule, a tie goes to the later event.
+    NotNewer,
+}
+
 /// The unordered, stale-guarded `update` command for `docs`, as it goes on the wire.
 pub fn update_command<'a>(
     collection: &str,
+    guard: Guard,
     docs: impl IntoIterator<Item = &'a RawDocument>,
 ) -> RawDocumentBuf {
     let mut updates = RawArrayBuf::new();
     for d in docs {
-        updates.push(guarded_upsert(d));
+        updates.push(guarded_upsert(d, guard));
     }
     rawdoc! {"update": collection, "updates": updates, "ordered": false}
 }
 
-/// One statement of the `update` command: replace `d` if the stored version is not newer,
+/// One statement of the `update` command: replace `d` if the stored version passes `guard`,
 /// insert it if there is none (see the module docs).
-fn guarded_upsert(d: &RawDocument) -> RawDocumentBuf {
+fn guarded_upsert(d: &RawDocument, guard: Guard) -> RawDocumentBuf {
     let field = |key| d.get(key).ok().flatten().unwrap_or(RawBsonRef::Null);
+    let op = match guard {
+        Guard::Older => "$lt",
+        Guard::NotNewer => "$lte",
+    };
     let mut lte = RawDocumentBuf::new();
-    lte.append_ref("$lte", field("updated_at"));
+    lte.append_ref(op, field("updated_at"));
     let mut filter = RawDocumentBuf::new();
     filter.append_ref("id", field("id"));
     filter.append("updated_at", lte);

@@ -5,7 +5,7 @@ mod common;
 
 use leafsync_core::document::Projection;
 use leafsync_core::event::{ImageEvent, DEFAULT_MAX_EVENT_BYTES};
-use leafsync_core::store::{ErrorClass, Store, StoreError, DUPLICATE_KEY};
+use leafsync_core::store::{Classify, ErrorClass, Store, StoreError, DUPLICATE_KEY};
 use leafsync_core::Outcome::*;
 use leafsync_core::{ImageId, Rejected, Version, WriteResult};
 use leafsync_testkit::Cleanup;
@@ -22,11 +22,33 @@ fn event_doc(id: i64, ts: &str, label: &str) -> Document {
 
 /// `Store::write_batch` with documents built as maps (easier to edit in a test).
 async fn write(s: &Store, docs: &[Document]) -> Result<Vec<WriteResult>, StoreError> {
+    write_with(s, docs, Classify::FromReply).await
+}
+
+/// `Store::write_batch_with`, documents as maps.
+async fn write_with(
+    s: &Store,
+    docs: &[Document],
+    classify: Classify,
+) -> Result<Vec<WriteResult>, StoreError> {
     let raw: Vec<RawDocumentBuf> = docs
         .iter()
         .map(|d| RawDocumentBuf::from_document(d).unwrap())
         .collect();
-    s.write_batch("potato", &raw).await
+    s.write_batch_with("potato", &raw, classify).await
+}
+
+const BOTH: [Classify; 2] = [Classify::FromReply, Classify::ReadFirst];
+
+/// The stored document's `label`.
+async fn label(s: &Store, id: i64) -> String {
+    s.get("potato", ImageId::new(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .get_str("label")
+        .unwrap()
+        .to_owned()
 }
 
 /// A store on a fresh database, and the guard that drops it.
@@ -92,59 +114,72 @@ async fn unique_index_rejects_a_duplicate_id() {
 
 #[tokio::test]
 async fn stale_guard_outcomes() {
+    // Both ways of learning outcomes label every case alike (ids apart per way).
     let (s, _cleanup) = store().await;
-    let v2 = event_doc(10, "2025-01-01T00:00:02Z", "v2");
-    assert_eq!(
-        write(&s, std::slice::from_ref(&v2)).await.unwrap(),
-        [Ok(Inserted)]
-    );
+    for (way, base) in BOTH.into_iter().zip([10, 20]) {
+        let w = |docs: Vec<Document>| {
+            let s = &s;
+            async move { write_with(s, &docs, way).await }
+        };
+        let v2 = event_doc(base, "2025-01-01T00:00:02Z", "v2");
+        assert_eq!(
+            w(vec![v2.clone()]).await.unwrap(),
+            [Ok(Inserted)],
+            "{way:?}"
+        );
 
-    // Older: never overwrites, reported stale.
-    let r = write(&s, &[event_doc(10, "2025-01-01T00:00:01Z", "v1")])
-        .await
-        .unwrap();
-    assert_eq!(r, [Ok(Stale)]);
+        // Older: never overwrites, reported stale.
+        let r = w(vec![event_doc(base, "2025-01-01T00:00:01Z", "v1")]).await;
+        assert_eq!(r.unwrap(), [Ok(Stale)], "{way:?}");
 
-    // Equal and identical: an idempotent replay.
-    let r = write(&s, &[v2]).await.unwrap();
-    assert_eq!(r, [Ok(Unchanged)]);
+        // Equal and identical: an idempotent replay.
+        assert_eq!(w(vec![v2]).await.unwrap(), [Ok(Unchanged)], "{way:?}");
 
-    // Newer: replaces the whole document (fields absent from the event disappear).
-    let mut v3 = event_doc(10, "2025-01-01T00:00:03Z", "v3");
-    v3.remove("created_at");
-    let r = write(&s, &[v3, event_doc(11, "2025-01-01T00:00:00Z", "new")])
-        .await
-        .unwrap();
-    assert_eq!(r, [Ok(Updated), Ok(Inserted)]);
-    let d = s
-        .get("potato", ImageId::new(10).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.get_str("label").unwrap(), "v3");
-    assert!(d.get("created_at").is_none());
-
-    // A mixed batch: each statement gets its own outcome, none blocks another.
-    let r = write(
-        &s,
-        &[
-            event_doc(10, "2025-01-01T00:00:00Z", "old"),
-            event_doc(12, "2025-01-01T00:00:00Z", "new"),
-            event_doc(11, "2025-01-01T00:00:05Z", "newer"),
-        ],
-    )
-    .await
-    .unwrap();
-    assert_eq!(r, [Ok(Stale), Ok(Inserted), Ok(Updated)]);
-    assert_eq!(
-        s.get("potato", ImageId::new(10).unwrap())
+        // Newer: replaces the whole document (fields absent from the event disappear).
+        let mut v3 = event_doc(base, "2025-01-01T00:00:03Z", "v3");
+        v3.remove("created_at");
+        let r = w(vec![v3, event_doc(base + 1, "2025-01-01T00:00:00Z", "new")]).await;
+        assert_eq!(r.unwrap(), [Ok(Updated), Ok(Inserted)], "{way:?}");
+        let d = s
+            .get("potato", ImageId::new(base).unwrap())
             .await
             .unwrap()
-            .unwrap()
-            .get_str("label")
-            .unwrap(),
-        "v3"
-    );
+            .unwrap();
+        assert_eq!(d.get_str("label").unwrap(), "v3");
+        assert!(d.get("created_at").is_none());
+
+        // A mixed batch: each statement gets its own outcome, none blocks another.
+        let r = w(vec![
+            event_doc(base, "2025-01-01T00:00:00Z", "old"),
+            event_doc(base + 2, "2025-01-01T00:00:00Z", "new"),
+            event_doc(base + 1, "2025-01-01T00:00:05Z", "newer"),
+            event_doc(base + 1 + 100, "2025-01-01T00:00:05Z", "new"),
+        ])
+        .await;
+        assert_eq!(
+            r.unwrap(),
+            [Ok(Stale), Ok(Inserted), Ok(Updated), Ok(Inserted)],
+            "{way:?}"
+        );
+        assert_eq!(label(&s, base).await, "v3", "{way:?}");
+        assert_eq!(label(&s, base + 1).await, "newer", "{way:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_tie_goes_to_the_later_event_either_way() {
+    // Same `updated_at`, different content: the version rule says the later event wins, and
+    // the label says the stored version was the same (unchanged).
+    let (s, _cleanup) = store().await;
+    for (way, id) in BOTH.into_iter().zip([50, 51]) {
+        let at = "2025-01-01T00:00:02Z";
+        write_with(&s, &[event_doc(id, at, "first")], way)
+            .await
+            .unwrap();
+        let r = write_with(&s, &[event_doc(id, at, "second")], way).await;
+        assert_eq!(r.unwrap(), [Ok(Unchanged)], "{way:?}");
+        assert_eq!(label(&s, id).await, "second", "{way:?}");
+    }
 }
 
 #[tokio::test]
@@ -178,18 +213,23 @@ async fn an_oversized_document_is_rejected_alone() {
 #[tokio::test]
 async fn a_concurrent_newer_write_wins_over_the_guarded_upsert() {
     // Two writers racing on one id (e.g. two workers during a rebalance): whatever the
-    // interleaving, the newest version is what stays.
+    // interleaving, the newest version is what stays, and the older one is labelled stale.
     let (s, _cleanup) = store().await;
-    let newer = [event_doc(30, "2025-01-01T00:00:09Z", "newer")];
-    let older = [event_doc(30, "2025-01-01T00:00:01Z", "older")];
-    let (a, b) = tokio::join!(write(&s, &newer), write(&s, &older));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    let d = s
-        .get("potato", ImageId::new(30).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.get_str("label").unwrap(), "newer", "{a:?} {b:?}");
+    for (way, base) in BOTH.into_iter().zip([300, 400]) {
+        for id in base..base + 20 {
+            let newer = [event_doc(id, "2025-01-01T00:00:09Z", "newer")];
+            let older = [event_doc(id, "2025-01-01T00:00:01Z", "older")];
+            let (a, b) = tokio::join!(write_with(&s, &newer, way), write_with(&s, &older, way));
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(label(&s, id).await, "newer", "{way:?} {a:?} {b:?}");
+            assert!(
+                a == [Ok(Inserted)] || a == [Ok(Updated)] || a == [Ok(Unchanged)],
+                "the newer one is applied: {way:?} {a:?}"
+            );
+            // The older one lost whenever it came second; first, it was replaced.
+            assert!(b == [Ok(Stale)] || b == [Ok(Inserted)], "{way:?} {b:?}");
+        }
+    }
 }
 
 #[tokio::test]

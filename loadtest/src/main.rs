@@ -170,9 +170,15 @@ enum Command {
         /// Documents per command (repeat to sweep).
         #[arg(long = "batch", default_value = "500")]
         batches: Vec<usize>,
-        /// Include the per-event version pre-read the worker does.
-        #[arg(long)]
-        classified: bool,
+        /// How the writes learn each event's outcome: `raw` (not at all: the ceiling), `reply`,
+        /// `read` (a read first) or `auto` (the worker's default); see `worker.outcomes`. Repeat
+        /// to compare.
+        #[arg(long = "write", value_enum, default_value = "raw")]
+        forms: Vec<bench_db::WriteForm>,
+        /// What the database holds before the clock starts: `none` (inserts), `older`
+        /// (updates), `equal` (replays), `newer` (stale events).
+        #[arg(long, value_enum, default_value = "none")]
+        stored: bench_db::Stored,
         /// RNG seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -393,7 +399,8 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
         Command::BenchDb {
             count,
             batches,
-            classified,
+            forms,
+            stored,
             seed,
             database,
             keep,
@@ -401,32 +408,31 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             concurrency,
         } => {
             for batch in batches {
-                let gen = GenConfig {
-                    seed,
-                    ids_per_type: count as i64,
-                    delete_ratio: 0.0,
-                    start: Utc::now(),
-                };
-                let db = database
-                    .clone()
-                    .unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
-                let r = bench_db::bench_db(
-                    &config,
-                    gen,
-                    count,
-                    batch,
-                    classified,
-                    &db,
-                    keep,
-                    sequential,
-                    concurrency,
-                )
-                .await?;
-                println!(
-                    "bench-db batch={:<6} concurrency={} docs={:<8} {:>8.0} docs/s  ({:.2} s, classified={})",
-                    r.batch,
-                    r.concurrency, r.docs, r.docs_per_s, r.seconds, r.classified
-                );
+                for &form in &forms {
+                    let gen = GenConfig {
+                        seed,
+                        ids_per_type: count as i64,
+                        delete_ratio: 0.0,
+                        start: Utc::now(),
+                    };
+                    let db = database
+                        .clone()
+                        .unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
+                    let spec = bench_db::BenchSpec {
+                        count,
+                        batch,
+                        form,
+                        stored,
+                        concurrency,
+                        sequential,
+                        keep,
+                    };
+                    let r = bench_db::bench_db(&config, gen, spec, &db).await?;
+                    println!(
+                        "bench-db batch={:<6} concurrency={} docs={:<8} {:>8.0} docs/s  ({:.2} s, write={:?}, stored={:?})",
+                        r.batch, r.concurrency, r.docs, r.docs_per_s, r.seconds, r.form, r.stored
+                    );
+                }
             }
             Ok(true)
         }

@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use chrono::{DateTime, Utc};
 use leafsync_core::document::Projection;
-use leafsync_core::store::update_command;
+use leafsync_core::store::{update_command, Guard};
 use leafsync_core::{Outcome, OutcomeCounts};
 use leafsync_loadtest::generator::{GenConfig, Generator};
 use leafsync_worker::plan::{plan, Consumed, Rules};
@@ -59,7 +59,11 @@ fn main() {
     let mut total = OutcomeCounts::default();
     for _ in 0..rounds {
         let p = plan(black_box(&batch), &rules);
-        let command = update_command("potato", p.writes.iter().map(|w| w.doc.as_ref()));
+        let command = update_command(
+            "potato",
+            Guard::Older,
+            p.writes.iter().map(|w| w.doc.as_ref()),
+        );
         black_box(command.as_bytes().len());
         for _ in &p.writes {
             total.add(Outcome::Updated);

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use leafsync_core::store::Classify;
 use leafsync_core::{ImageId, Outcome, OutcomeCounts};
 
 use crate::metrics::Metrics;
@@ -204,11 +205,19 @@ impl Emit for BackfillPageSettled<'_> {
 pub struct WriteCommand {
     /// Documents in it.
     pub docs: usize,
+    /// How its outcomes are learnt (`worker.outcomes`).
+    pub classify: Classify,
 }
 
 impl Emit for WriteCommand {
     fn emit(self, m: &Metrics) {
-        m.write_command_docs.observe(self.docs as f64);
+        let outcomes = match self.classify {
+            Classify::FromReply => "reply",
+            Classify::ReadFirst => "read",
+        };
+        m.write_command_docs
+            .with_label_values(&[outcomes])
+            .observe(self.docs as f64);
     }
 }
 

@@ -6,8 +6,7 @@ use std::collections::HashSet;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Metric handles, registered in their own registry.
@@ -42,7 +41,7 @@ pub struct Metrics {
     /// Failed lag measurements (the gauge keeps its last value).
     pub lag_errors: IntCounter,
     /// Documents per write command (several partitions' batches merged).
-    pub write_command_docs: Histogram,
+    pub write_command_docs: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,12 +193,13 @@ impl Metrics {
             ),
             write_command_docs: registered(
                 &r,
-                Histogram::with_opts(
+                HistogramVec::new(
                     HistogramOpts::new(
                         "leafsync_worker_write_command_docs",
-                        "Documents per database write command (the writers merge the ready batches of several partitions)",
+                        "Documents per database write command (the writers merge the ready batches of several partitions), by how its outcomes were learnt (outcomes=reply|read, worker.outcomes)",
                     )
                     .buckets(BATCH_SIZE_BUCKETS.to_vec()),
+                    &["outcomes"],
                 )
                 .expect("valid metric"),
             ),

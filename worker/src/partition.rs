@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use leafsync_core::classify::Chooser;
 use leafsync_core::config::{ms, Config};
 use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, Store};
 use leafsync_kafka::admin::partition_count_via;
@@ -443,13 +444,20 @@ impl PartitionTask {
 pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> WriteFn {
     let (store, metrics) = (store.clone(), metrics.clone());
     let retry = config.worker.retry.clone();
+    let chooser = Arc::new(Chooser::new(config.worker.outcomes));
     Arc::new(
         move |collection: String, docs: Vec<RawDocumentBuf>, links| {
             let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
+            let chooser = chooser.clone();
             Box::pin(async move {
-                WriteCommand { docs: docs.len() }.emit(&metrics);
+                let classify = chooser.pick(&collection);
+                WriteCommand {
+                    docs: docs.len(),
+                    classify,
+                }
+                .emit(&metrics);
                 let database = store.database().name().to_owned();
-                retry_forever(
+                let results = retry_forever(
                     "database_write",
                     Backoff::from_config(&retry),
                     &metrics,
@@ -468,10 +476,14 @@ pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> Write
                         for l in &links {
                             span.add_link(l.clone());
                         }
-                        store.write_batch(&collection, &docs).instrument(span)
+                        store
+                            .write_batch_with(&collection, &docs, classify)
+                            .instrument(span)
                     },
                 )
-                .await
+                .await;
+                chooser.observe(&collection, &results);
+                results
             })
         },
     )

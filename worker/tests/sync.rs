@@ -5,10 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestEnv;
+use common::{start_time, TestEnv, Worker};
 use leafsync_core::{ImageEvent, ImageType};
 use leafsync_loadtest::expected::Expected;
-use leafsync_loadtest::generator::Generated;
+use leafsync_loadtest::generator::{GenConfig, Generated, Generator};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_worker_syncs_many_updates_over_three_topics() {
@@ -62,4 +62,70 @@ async fn events_larger_than_a_fetch_response_still_arrive_in_order() {
         worker.log_tail()
     );
     assert_eq!(worker.events_total("").await, 2_003);
+}
+
+/// Write commands so far whose outcomes were learnt `way` ("reply" or "read").
+async fn commands(worker: &Worker, way: &str) -> u64 {
+    let filter = format!("outcomes=\"{way}\"");
+    worker
+        .metric_total("leafsync_worker_write_command_docs_count", &filter)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_history_is_written_reading_first_and_new_events_from_the_reply() {
+    // `worker.outcomes = "auto"` (the default): a live stream learns outcomes from the write's
+    // reply; a history sent again (what `leafsync-worker replay` causes) is all replays and stale
+    // events, cheaper with a read first; and back. Whichever way, nothing new is written by the
+    // replay and the state stays exact.
+    let env = TestEnv::new().await;
+    let worker = env.spawn_worker("w1", &[]);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let mut expected = Expected::default();
+    let history: Vec<Generated> = env.generator(5, 300).take(6_000).collect();
+    env.produce(history.clone(), &mut expected).await;
+    let report = env.wait_synced(&expected, Duration::from_secs(120)).await;
+    assert!(report.is_exact(), "{}", report.summary());
+    assert_eq!(
+        worker.wait_events("", 6_000, Duration::from_secs(30)).await,
+        6_000
+    );
+    assert!(
+        commands(&worker, "reply").await > 0,
+        "a live stream asks the reply"
+    );
+
+    let reads_before = commands(&worker, "read").await;
+    let written_before = worker.events_total("outcome=\"inserted\"").await
+        + worker.events_total("outcome=\"updated\"").await;
+    env.produce(history, &mut expected).await;
+    assert_eq!(
+        worker
+            .wait_events("", 12_000, Duration::from_secs(120))
+            .await,
+        12_000
+    );
+    let written_after = worker.events_total("outcome=\"inserted\"").await
+        + worker.events_total("outcome=\"updated\"").await;
+    assert_eq!(written_after, written_before, "a replay writes nothing new");
+    assert!(
+        commands(&worker, "read").await > reads_before,
+        "a replay switches to reading first\n{}",
+        worker.log_tail()
+    );
+
+    let replies_before = commands(&worker, "reply").await;
+    let newer = Generator::new(GenConfig {
+        seed: 6,
+        ids_per_type: 300,
+        delete_ratio: 0.1,
+        start: start_time() + chrono::TimeDelta::days(1),
+    });
+    env.produce(newer.take(6_000), &mut expected).await;
+    let report = env.wait_synced(&expected, Duration::from_secs(120)).await;
+    assert!(report.is_exact(), "{}", report.summary());
+    assert!(
+        commands(&worker, "reply").await > replies_before,
+        "new events switch back to the reply"
+    );
 }

@@ -420,9 +420,17 @@ impl Worker {
 
     /// Sum of `leafsync_worker_events_total` samples whose labels contain `filter`.
     pub async fn events_total(&self, filter: &str) -> u64 {
+        self.metric_total("leafsync_worker_events_total", filter)
+            .await
+    }
+
+    /// Sum of the samples of `metric` (a full sample name, e.g. `…_count`) whose labels contain
+    /// `filter`.
+    pub async fn metric_total(&self, metric: &str, filter: &str) -> u64 {
         let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        let prefix = format!("{metric}{{");
         body.lines()
-            .filter(|l| l.starts_with("leafsync_worker_events_total{") && l.contains(filter))
+            .filter(|l| l.starts_with(&prefix) && l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
