@@ -101,6 +101,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ready: CachedCheck::new(ms(config_ready_ms)),
     });
     warm_totals(&state);
+    tokio::spawn({
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        async move {
+            let fetch = |(t, include_deleted): (ImageType, bool)| {
+                let coll = state.config.types.get(t).collection.clone();
+                let store = state.store.clone();
+                async move { store.count(&coll, include_deleted).await }
+            };
+            state.totals.keep_warm(fetch, shutdown).await;
+        }
+    });
     let (addr, server) = serve(state, bind, shutdown).await?;
     tracing::info!(%addr, "leafsync-api listening");
     server.await?;

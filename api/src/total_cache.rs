@@ -12,9 +12,16 @@
 //!
 //! Staleness bound: a served count is at most TTL + 10 s old (in steady state, TTL + the duration
 //! of one count).
+//!
+//! Requests alone would let a count expire whenever none came for TTL + 10 s, and the next
+//! request would wait for a multi-second count and time out. So [`TotalCache::keep_warm`] also
+//! refreshes, once expired, each count that was asked for in the last [`KEEP_WARM_FOR`]; a count
+//! nobody asks for costs the database nothing after that.
 
 /// How long past its TTL a count may still be served while a refresh runs.
 pub const STALE_GRACE: Duration = Duration::from_secs(10);
+/// How long after its last request a count is still refreshed on a timer.
+pub const KEEP_WARM_FOR: Duration = Duration::from_secs(300);
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +30,7 @@ use std::time::Duration;
 
 use leafsync_core::{ImageType, StoreError};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 // Tokio's clock, so the tests can run on paused time instead of racing real sleeps.
 use tokio::time::Instant;
 
@@ -31,6 +39,36 @@ type Outcome = Option<Result<u64, StoreError>>;
 struct Slot {
     value: Option<(Instant, u64)>,
     refreshing: Option<watch::Receiver<Outcome>>,
+    /// When a request last asked for this count.
+    asked: Option<Instant>,
+}
+
+impl Slot {
+    /// Starts one background count (the caller checked none is running); its result lands in
+    /// the slot and on the returned channel.
+    fn refresh<Fut>(&mut self, slot: &Arc<Mutex<Slot>>, fut: Fut) -> watch::Receiver<Outcome>
+    where
+        Fut: Future<Output = Result<u64, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = watch::channel(None);
+        self.refreshing = Some(rx.clone());
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            let result = fut.await;
+            let mut s = lock(&slot);
+            if let Ok(n) = &result {
+                s.value = Some((Instant::now(), *n));
+            }
+            s.refreshing = None;
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+}
+
+fn lock(slot: &Mutex<Slot>) -> std::sync::MutexGuard<'_, Slot> {
+    // Every update of a slot is a few plain stores: a panic cannot leave it half-written.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Cached counts.
@@ -66,6 +104,7 @@ impl TotalCache {
                     Arc::new(Mutex::new(Slot {
                         value: None,
                         refreshing: None,
+                        asked: None,
                     })),
                 )
             })
@@ -85,7 +124,8 @@ impl TotalCache {
             return fetch().await;
         };
         let (stale, mut rx) = {
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(slot);
+            s.asked = Some(Instant::now());
             if let Some((at, n)) = s.value {
                 if at.elapsed() < self.ttl {
                     return Ok(n);
@@ -93,22 +133,7 @@ impl TotalCache {
             }
             let rx = match &s.refreshing {
                 Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    s.refreshing = Some(rx.clone());
-                    let fut = fetch();
-                    let slot = slot.clone();
-                    tokio::spawn(async move {
-                        let result = fut.await;
-                        let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Ok(n) = &result {
-                            s.value = Some((Instant::now(), *n));
-                        }
-                        s.refreshing = None;
-                        let _ = tx.send(Some(result));
-                    });
-                    rx
-                }
+                None => s.refresh(slot, fetch()),
             };
             let limit = self.ttl + self.grace;
             let stale = s
@@ -127,11 +152,43 @@ impl TotalCache {
             if rx.changed().await.is_err() {
                 // The refresh task ended without a result (it panicked); the next request
                 // starts a new one.
-                slot.lock().unwrap_or_else(|p| p.into_inner()).refreshing = None;
+                lock(slot).refreshing = None;
                 return Err(StoreError::abandoned(
                     "count",
                     "the count refresh ended without a result",
                 ));
+            }
+        }
+    }
+}
+
+impl TotalCache {
+    /// Until `shutdown`, every half TTL: refreshes each expired count asked for in the last
+    /// [`KEEP_WARM_FOR`], with `fetch(key)`, in the background. Does nothing with TTL 0 (every
+    /// request counts anyway).
+    pub async fn keep_warm<F, Fut>(&self, fetch: F, shutdown: CancellationToken)
+    where
+        F: Fn((ImageType, bool)) -> Fut,
+        Fut: Future<Output = Result<u64, StoreError>> + Send + 'static,
+    {
+        if self.ttl.is_zero() {
+            return;
+        }
+        // Half a TTL, so an expired count is at most half a TTL older than it need be.
+        let mut tick = tokio::time::interval(self.ttl / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for (&key, slot) in &self.slots {
+                let mut s = lock(slot);
+                let wanted = s.asked.is_some_and(|at| at.elapsed() < KEEP_WARM_FOR);
+                let expired = s.value.is_none_or(|(at, _)| at.elapsed() >= self.ttl);
+                if wanted && expired && s.refreshing.is_none() {
+                    s.refresh(slot, fetch(key));
+                }
             }
         }
     }
@@ -240,6 +297,62 @@ mod tests {
             .get((ImageType::Potato, true), || async { Err(down()) })
             .await
             .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn asked_counts_are_kept_fresh_without_requests_and_unasked_ones_are_left_alone() {
+        let cache = Arc::new(TotalCache::with_grace(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        ));
+        let counts = Arc::new(AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let keeper = {
+            let (cache, counts, shutdown) = (cache.clone(), counts.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let fetch = |_key| {
+                    let counts = counts.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok(u64::from(counts.fetch_add(1, Ordering::SeqCst)) + 100)
+                    }
+                };
+                cache.keep_warm(fetch, shutdown).await;
+            })
+        };
+        let key = (ImageType::Potato, false);
+        assert_eq!(cache.get(key, || async { Ok(1) }).await.unwrap(), 1);
+
+        // Far past TTL + grace with no request: still answered at once, with a recent count,
+        // never calling the request's own (failing) fetch.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = Instant::now();
+        let n = cache.get(key, || async { Err(down()) }).await.unwrap();
+        assert!(n >= 108, "refreshed again and again: {n}");
+        assert!(
+            started.elapsed() < Duration::from_millis(30),
+            "did not wait for a count"
+        );
+        // About one count per 150 ms (expiry at 100 ms, checked every 50 ms, 30 ms to count)
+        // for the one key asked; six keys would be six times as many.
+        let asked_once = counts.load(Ordering::SeqCst);
+        assert!(
+            (8..=25).contains(&asked_once),
+            "one key, about every TTL: {asked_once}"
+        );
+
+        // Nobody asks any more: the counting stops after KEEP_WARM_FOR.
+        tokio::time::sleep(KEEP_WARM_FOR + Duration::from_secs(1)).await;
+        let idle = counts.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            counts.load(Ordering::SeqCst),
+            idle,
+            "no counts nobody asked for"
+        );
+
+        shutdown.cancel();
+        keeper.await.unwrap();
     }
 
     fn down() -> StoreError {
