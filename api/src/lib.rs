@@ -112,9 +112,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             state.totals.keep_warm(fetch, shutdown).await;
         }
     });
+    let store = state.store.clone();
     let (addr, server) = serve(state, bind, shutdown).await?;
     tracing::info!(%addr, "leafsync-api listening");
     server.await?;
+    store.shutdown().await;
     tracing::info!("leafsync-api stopped");
     Ok(())
 }

@@ -219,6 +219,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// Ends the client's server sessions and closes its connections, for at most 2 s (the
+    /// server may be down); every clone of this store fails afterwards. Call it last, before
+    /// the runtime stops: a client that is only dropped ends its sessions from a task spawned
+    /// on drop, which panics inside the driver when the runtime is already shutting down.
+    /// Immediate: an operation abandoned by a drain timeout must not hold the exit.
+    pub async fn shutdown(&self) {
+        let close = self.db.client().clone().shutdown().immediate(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+    }
+
     /// Connects and waits until the server answers a ping, for at most
     /// `mongo.startup_timeout_ms`.
     pub async fn connect(cfg: &MongoConfig, app: &str) -> Result<Self, StoreError> {

@@ -100,8 +100,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on worker.admin_addr {admin_addr}"))?;
     tracing::info!(%addr, "admin port: /live /ready /metrics");
+    let store = shared.store.clone();
     let result = consumer::run(shared, shutdown.clone()).await;
     shutdown.cancel();
     let _ = admin.await;
+    store.shutdown().await;
     result
 }

@@ -198,6 +198,10 @@ pub async fn run(
     if let Some(a) = admin {
         let _ = a.await;
     }
+    for source in ctx.source_clients.into_inner().into_values() {
+        source.shutdown().await;
+    }
+    shared.store.shutdown().await;
     Ok(Report {
         types,
         interrupted: shutdown.is_cancelled(),
