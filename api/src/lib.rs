@@ -35,6 +35,19 @@ pub struct State {
     ready: CachedCheck,
 }
 
+impl State {
+    /// A new count of `t`'s images, for the `/total` cache to run when it needs one.
+    pub fn count(
+        &self,
+        t: ImageType,
+        include_deleted: bool,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send + 'static {
+        let coll = self.config.types.get(t).collection.clone();
+        let store = self.store.clone();
+        async move { store.count(&coll, include_deleted).await }
+    }
+}
+
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
@@ -104,11 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tokio::spawn({
         let (state, shutdown) = (state.clone(), shutdown.clone());
         async move {
-            let fetch = |(t, include_deleted): (ImageType, bool)| {
-                let coll = state.config.types.get(t).collection.clone();
-                let store = state.store.clone();
-                async move { store.count(&coll, include_deleted).await }
-            };
+            let fetch = |(t, include_deleted)| state.count(t, include_deleted);
             state.totals.keep_warm(fetch, shutdown).await;
         }
     });
@@ -128,14 +137,8 @@ fn warm_totals(state: &Arc<State>) {
         for include_deleted in [false, true] {
             let state = state.clone();
             tokio::spawn(async move {
-                let coll = state.config.types.get(t).collection.clone();
-                let store = state.store.clone();
-                let _ = state
-                    .totals
-                    .get((t, include_deleted), move || async move {
-                        store.count(&coll, include_deleted).await
-                    })
-                    .await;
+                let fetch = || state.count(t, include_deleted);
+                let _ = state.totals.get((t, include_deleted), fetch).await;
             });
         }
     }

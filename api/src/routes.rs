@@ -188,16 +188,15 @@ async fn serve(state: &State, route: &Route) -> Result<warp::reply::Response, Ap
             }
         }
         Route::Total(t, include_deleted) => {
-            let coll = state.config.types.get(*t).collection.clone();
-            let store = state.store.clone();
+            let coll = &state.config.types.get(*t).collection;
             let include_deleted = *include_deleted;
             let n = bounded(state, async {
                 state
                     .totals
-                    .get((*t, include_deleted), move || {
+                    .get((*t, include_deleted), || {
                         let span = tracing::info_span!("mongodb.count", otel.name = format!("count {coll}"), otel.kind = "client",
                             db.system = "mongodb", db.collection.name = %coll, db.operation.name = "count");
-                        async move { store.count(&coll, include_deleted).await }.instrument(span)
+                        state.count(*t, include_deleted).instrument(span)
                     })
                     .await
             })
