@@ -11,7 +11,6 @@ use chrono::TimeDelta;
 use clap::ValueEnum;
 use leafsync_core::classify::{Chooser, OutcomePolicy};
 use leafsync_core::document::Projection;
-use leafsync_core::store::Classify;
 use leafsync_core::{Config, ImageType, Store};
 use mongodb::bson::RawDocumentBuf;
 use serde::Serialize;
@@ -44,6 +43,18 @@ pub enum Stored {
     Equal,
     /// A version one second newer: every event is stale.
     Newer,
+}
+
+impl WriteForm {
+    /// The worker's `worker.outcomes` that writes this way (`None`: the raw ceiling, no outcomes).
+    fn policy(self) -> Option<OutcomePolicy> {
+        match self {
+            WriteForm::Raw => None,
+            WriteForm::Reply => Some(OutcomePolicy::Reply),
+            WriteForm::Read => Some(OutcomePolicy::Read),
+            WriteForm::Auto => Some(OutcomePolicy::Auto),
+        }
+    }
 }
 
 impl Stored {
@@ -165,7 +176,7 @@ async fn write_all(
     form: WriteForm,
 ) -> anyhow::Result<u64> {
     // One chooser for all lanes, as a worker has one for all its writers.
-    let chooser = Arc::new(Chooser::new(OutcomePolicy::Auto));
+    let chooser = form.policy().map(|p| Arc::new(Chooser::new(p)));
     let mut tasks = Vec::new();
     for lane in lanes {
         let (store, chooser) = (store.clone(), chooser.clone());
@@ -173,8 +184,7 @@ async fn write_all(
         tasks.push(tokio::spawn(async move {
             let writer = Writer {
                 store: &store,
-                form,
-                chooser: &chooser,
+                chooser: chooser.as_deref(),
             };
             write_lane(&writer, &types, lane, batch).await
         }));
@@ -189,8 +199,8 @@ async fn write_all(
 /// How a lane writes.
 struct Writer<'a> {
     store: &'a Store,
-    form: WriteForm,
-    chooser: &'a Chooser,
+    /// How outcomes are learnt; `None`: not at all (the raw ceiling).
+    chooser: Option<&'a Chooser>,
 }
 
 /// One writer: batches per type; duplicate ids within a batch collapse to the newest, as the
@@ -223,17 +233,14 @@ async fn write_lane(
 
 impl Writer<'_> {
     async fn flush(&self, coll: &str, docs: &[RawDocumentBuf]) -> anyhow::Result<u64> {
-        let classify = match self.form {
-            WriteForm::Raw => {
-                self.store.write_batch_unclassified(coll, docs).await?;
-                return Ok(docs.len() as u64);
+        match self.chooser {
+            None => self.store.write_batch_unclassified(coll, docs).await?,
+            Some(chooser) => {
+                let classify = chooser.pick(coll);
+                let outcomes = self.store.write_batch_with(coll, docs, classify).await?;
+                chooser.observe(coll, &outcomes);
             }
-            WriteForm::Reply => Classify::FromReply,
-            WriteForm::Read => Classify::ReadFirst,
-            WriteForm::Auto => self.chooser.pick(coll),
-        };
-        let outcomes = self.store.write_batch_with(coll, docs, classify).await?;
-        self.chooser.observe(coll, &outcomes);
+        }
         Ok(docs.len() as u64)
     }
 }
