@@ -191,17 +191,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            write_command_docs: registered(
+            write_command_docs: histogram_by(
                 &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "leafsync_worker_write_command_docs",
-                        "Documents per database write command (the writers merge the ready batches of several partitions), by how its outcomes were learnt (outcomes=reply|read, worker.outcomes)",
-                    )
-                    .buckets(BATCH_SIZE_BUCKETS.to_vec()),
-                    &["outcomes"],
-                )
-                .expect("valid metric"),
+                "leafsync_worker_write_command_docs",
+                "Documents per database write command (the writers merge the ready batches of \
+                 several partitions), by how its outcomes were learnt (outcomes=reply|read, \
+                 worker.outcomes)",
+                BATCH_SIZE_BUCKETS.to_vec(),
+                "outcomes",
             ),
             registry: r,
         }
