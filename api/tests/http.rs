@@ -434,7 +434,7 @@ async fn random_paths_and_methods_never_get_a_server_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn database_outage_gives_503_within_bounds_and_recovers() {
-    let stack = PrivateStack::start("memory");
+    let stack = PrivateStack::start_mongo_only();
     let api = start_api(Some(&stack.mongo_uri)).await;
     let a = api.addr;
     assert_eq!(get_json(a, "/image-plant/potato/1").await.0, 200);

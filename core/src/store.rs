@@ -142,10 +142,7 @@ impl StoreError {
     /// Whether a refusal of a one-document write is that document's fault (size, field names)
     /// rather than the server's (auth, configuration): decided by the server's code alone.
     pub fn is_document_fault(&self) -> bool {
-        self.class == ErrorClass::Permanent
-            && self
-                .code()
-                .is_some_and(|c| DOCUMENT_FAULT_CODES.contains(&c))
+        self.class == ErrorClass::Permanent && self.code().is_some_and(is_document_fault_code)
     }
 
     /// An error of the driver, classified.
@@ -177,6 +174,11 @@ impl StoreError {
             cause: Cause::Reply { code, message },
         }
     }
+}
+
+/// Whether a server error code blames the document written (so it is dead-lettered).
+fn is_document_fault_code(code: i32) -> bool {
+    DOCUMENT_FAULT_CODES.contains(&code)
 }
 
 /// Whether a server error code means "try again later".
@@ -615,42 +617,62 @@ impl Store {
             .run_raw_command(command)
             .await
             .map_err(|e| StoreError::driver("update", e))?;
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            // A write concern error is worth retrying whatever its code.
-            return Err(StoreError {
-                class: ErrorClass::Transient,
-                ..StoreError::reply(
-                    "update",
-                    wce.get_i32("code").unwrap_or_default(),
-                    wce.get_str("errmsg").unwrap_or_default().to_owned(),
-                )
-            });
+        read_reply(&reply, indexes, outcomes, refused)
+    }
+}
+
+/// Reads an `update` command's reply: insertions and document faults into `outcomes`,
+/// duplicate-key refusals into `refused`. Any other statement error fails the whole command (to
+/// be retried; the statements that succeeded are idempotent), with one classification for
+/// statement and command errors: only the codes in [`DOCUMENT_FAULT_CODES`] blame the document.
+/// A code the server sent as a 64-bit integer or a double reads the same as an `int`.
+fn read_reply(
+    reply: &Document,
+    indexes: &[usize],
+    outcomes: &mut [WriteResult],
+    refused: &mut Vec<usize>,
+) -> Result<(), StoreError> {
+    let message = |d: &Document| d.get_str("errmsg").unwrap_or_default().to_owned();
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        // A write concern error is worth retrying whatever its code.
+        return Err(StoreError {
+            class: ErrorClass::Transient,
+            ..StoreError::reply("update", code_field(wce), message(wce))
+        });
+    }
+    let statement = |d: &Document| int_field(d, "index").and_then(|i| indexes.get(i).copied());
+    for u in reply.get_array("upserted").into_iter().flatten() {
+        if let Some(index) = u.as_document().and_then(statement) {
+            outcomes[index] = Ok(Outcome::Inserted);
         }
-        let statement = |d: &Document| int_field(d, "index").and_then(|i| indexes.get(i).copied());
-        for u in reply.get_array("upserted").into_iter().flatten() {
-            if let Some(index) = u.as_document().and_then(statement) {
-                outcomes[index] = Ok(Outcome::Inserted);
-            }
-        }
-        let Ok(errors) = reply.get_array("writeErrors") else {
-            return Ok(());
+    }
+    let mut failed = None;
+    for e in reply.get_array("writeErrors").into_iter().flatten() {
+        let Some((e, index)) = e.as_document().and_then(|e| Some((e, statement(e)?))) else {
+            continue;
         };
-        let mut transient = None;
-        for e in errors.iter().filter_map(Bson::as_document) {
-            let Some(index) = statement(e) else {
-                continue;
-            };
-            let code = e.get_i32("code").unwrap_or(0);
-            let message = e.get_str("errmsg").unwrap_or("").to_owned();
-            if code == DUPLICATE_KEY {
-                refused.push(index);
-            } else if is_transient_code(code) {
-                transient = Some(StoreError::reply("update", code, message));
-            } else {
-                outcomes[index] = Err(Rejected { code, message });
+        match code_field(e) {
+            DUPLICATE_KEY => refused.push(index),
+            code if is_document_fault_code(code) => {
+                outcomes[index] = Err(Rejected {
+                    code,
+                    message: message(e),
+                });
             }
+            code => failed = Some(StoreError::reply("update", code, message(e))),
         }
-        transient.map_or(Ok(()), Err)
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// A reply's `code`, whatever numeric type the server chose (0 when absent or not a number:
+/// no class of its own, so retried, never blamed on a document).
+fn code_field(d: &Document) -> i32 {
+    match d.get("code") {
+        Some(Bson::Int32(v)) => *v,
+        Some(Bson::Int64(v)) => i32::try_from(*v).unwrap_or_default(),
+        Some(Bson::Double(v)) if v.fract() == 0.0 => *v as i32,
+        _ => 0,
     }
 }
 
@@ -770,5 +792,61 @@ mod tests {
         assert!(is_transient_code(91)); // ShutdownInProgress
         assert!(!is_transient_code(DUPLICATE_KEY));
         assert!(!is_transient_code(10334)); // BSONObjectTooLarge: the document's fault
+    }
+
+    /// An `update` reply with one write error at statement 0 whose code has the given type.
+    fn reply_with_error(code: Bson) -> Document {
+        doc! {"ok": 1, "n": 0, "writeErrors": [{"index": 0, "code": code, "errmsg": "x"}]}
+    }
+
+    fn read(reply: &Document) -> (Result<(), StoreError>, Vec<WriteResult>, Vec<usize>) {
+        let (mut outcomes, mut refused) = (vec![Ok(Outcome::Updated)], Vec::new());
+        let r = read_reply(reply, &[0], &mut outcomes, &mut refused);
+        (r, outcomes, refused)
+    }
+
+    #[test]
+    fn statement_errors_blame_the_document_only_for_document_fault_codes() {
+        // BSONObjectTooLarge: the document is dead-lettered, the command succeeds.
+        let (r, outcomes, refused) = read(&reply_with_error(Bson::Int32(10334)));
+        assert!(r.is_ok());
+        assert_eq!(outcomes[0].as_ref().unwrap_err().code, 10334);
+        assert!(refused.is_empty());
+        // Unauthorized (13) and BadValue (2) are not the document's fault: the command fails and
+        // is retried, the event is never dead-lettered.
+        for code in [13, 2] {
+            let (r, outcomes, _) = read(&reply_with_error(Bson::Int32(code)));
+            let e = r.expect_err("a failed command");
+            assert_eq!(e.code(), Some(code));
+            assert!(!e.is_document_fault());
+            assert!(outcomes[0].is_ok(), "not dead-lettered: {outcomes:?}");
+        }
+        // A retryable code fails the command as transient.
+        let (r, _, _) = read(&reply_with_error(Bson::Int32(91)));
+        assert!(r.unwrap_err().is_transient());
+    }
+
+    #[test]
+    fn codes_of_any_numeric_type_read_the_same() {
+        let (r, _, refused) = read(&reply_with_error(Bson::Int64(i64::from(DUPLICATE_KEY))));
+        assert!(r.is_ok());
+        assert_eq!(refused, vec![0], "an int64 11000 is a duplicate key");
+        let (r, outcomes, _) = read(&reply_with_error(Bson::Double(10334.0)));
+        assert!(r.is_ok());
+        assert_eq!(outcomes[0].as_ref().unwrap_err().code, 10334);
+        // No code at all: retried, never blamed on the document.
+        let (r, outcomes, _) = read(&doc! {"ok": 1, "writeErrors": [{"index": 0, "errmsg": "?"}]});
+        assert!(r.is_err());
+        assert!(outcomes[0].is_ok());
+    }
+
+    #[test]
+    fn write_concern_errors_are_transient_whatever_their_code() {
+        let reply =
+            doc! {"ok": 1, "n": 1, "writeConcernError": {"code": Bson::Int64(64), "errmsg": "w"}};
+        let (r, _, _) = read(&reply);
+        let e = r.unwrap_err();
+        assert!(e.is_transient());
+        assert_eq!(e.code(), Some(64));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -52,6 +52,31 @@ pub fn positions<X: ConsumerContext, C: Consumer<X>>(
             })
         })
         .collect()
+}
+
+/// Moves a partition back to `to`, so that the message at `to` and everything after it are
+/// fetched again: first the stored offset, then the group's committed offset (synchronously),
+/// and only then the fetch position.
+///
+/// A seek alone is not enough. librdkafka's seek resets the fetch position but keeps the stored
+/// offset (librdkafka 2.12.1 `rdkafka_partition.c` ~1891), and it commits a stored offset only
+/// when it is above the committed one (`rdkafka_offset.c` ~596). A revoke or an auto-commit after
+/// a bare seek would therefore commit the offset stored before it, past the messages about to be
+/// fetched again. Storing goes through `rd_kafka_offsets_store`, which stores the offset as given
+/// even when lower (`rdkafka_offset.c` ~676), and an explicit commit sets the committed offset
+/// whatever it was (`rdkafka_cgrp.c` ~3841). Blocking.
+pub fn rewind<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+    to: i64,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(to))?;
+    consumer.store_offsets(&tpl)?;
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    consumer.seek(topic, partition, Offset::Offset(to), timeout)
 }
 
 #[cfg(test)]

@@ -67,11 +67,12 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A private stack (own ports, own data, no default topics) for tests that stop or restart a
-/// server; removed when dropped.
+/// A private stack (own ports, own data, no default topics) for tests that stop, kill or restart
+/// a server; removed when dropped.
 #[derive(Debug)]
 pub struct PrivateStack {
     env: Vec<(String, String)>,
+    run: PathBuf,
     /// `host:port` of its broker.
     pub kafka: String,
     /// URI of its MongoDB stand-in.
@@ -79,28 +80,37 @@ pub struct PrivateStack {
 }
 
 impl PrivateStack {
-    /// Starts both servers; `kafka_storage` is `memory` or `sqlite` (durable).
-    pub fn start(kafka_storage: &str) -> Self {
-        let (kp, mp) = (free_port(), free_port());
+    /// Starts both servers (Apache Kafka and the MongoDB stand-in).
+    pub fn start() -> Self {
+        let s = Self::new();
+        s.stack("up");
+        s
+    }
+
+    /// Starts only the MongoDB stand-in, for tests that need no broker.
+    pub fn start_mongo_only() -> Self {
+        let s = Self::new();
+        s.stack("start-mongo");
+        s
+    }
+
+    fn new() -> Self {
+        let (kp, cp, mp) = (free_port(), free_port(), free_port());
         let run = std::env::temp_dir().join(unique("leafsync-stack-"));
         let env = vec![
             ("LEAFSYNC_STACK_KAFKA_PORT".to_owned(), kp.to_string()),
+            ("LEAFSYNC_STACK_CONTROLLER_PORT".to_owned(), cp.to_string()),
             ("LEAFSYNC_STACK_MONGO_PORT".to_owned(), mp.to_string()),
-            (
-                "LEAFSYNC_STACK_KAFKA_STORAGE".to_owned(),
-                kafka_storage.to_owned(),
-            ),
             ("LEAFSYNC_STACK_RUN".to_owned(), run.display().to_string()),
             ("LEAFSYNC_STACK_TOPICS".to_owned(), String::new()),
             ("LEAFSYNC_STACK_DLQ_TOPIC".to_owned(), String::new()),
         ];
-        let s = Self {
+        Self {
             env,
+            run,
             kafka: format!("127.0.0.1:{kp}"),
             mongo_uri: format!("mongodb://127.0.0.1:{mp}/?directConnection=true"),
-        };
-        s.stack("up");
-        s
+        }
     }
 
     /// Runs `scripts/stack CMD` against this stack (`stop-mongo`, `start-kafka`, …).
@@ -111,6 +121,24 @@ impl PrivateStack {
             .status()
             .unwrap();
         assert!(st.success(), "scripts/stack {cmd} failed");
+    }
+
+    /// `kill -9` of one server (`kafka` or `mongo`): no shutdown, no flush, as a node crash.
+    pub fn kill9(&self, server: &str) {
+        let pid_file = self.run.join(format!("{server}.pid"));
+        let pid = std::fs::read_to_string(&pid_file).expect("server pid file");
+        let st = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -9 {server}");
+        // Wait until it is gone, so a restart does not find its ports still bound.
+        let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proc.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::remove_file(pid_file).unwrap();
     }
 }
 

@@ -76,15 +76,17 @@ impl WorkerContext {
     }
 
     fn start_partition(&self, consumer: &Arc<LeafConsumer>, topic: &str, partition: i32) {
+        // A partition left assigned without a task would have its messages dropped until the
+        // next rebalance: stop instead, and let the restart rejoin.
+        let fatal = &self.shared.fatal;
         let Some(image_type) = self.shared.config.types.by_topic(topic) else {
-            tracing::error!(
-                topic,
-                "assigned a topic that is not configured; ignoring it"
-            );
+            fatal.raise(format!(
+                "assigned {topic}/{partition}, a topic that is not configured"
+            ));
             return;
         };
         let Some(queue) = consumer.split_partition_queue(topic, partition) else {
-            tracing::error!(topic, partition, "cannot split the partition queue");
+            fatal.raise(format!("cannot split the queue of {topic}/{partition}"));
             return;
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -98,7 +100,11 @@ impl WorkerContext {
             shared: self.shared.clone(),
             stop: stop.clone(),
         };
-        let join = self.rt.spawn(task.run());
+        let join = fatal.spawn_on(
+            &self.rt,
+            format!("the partition task of {topic}/{partition}"),
+            task.run(),
+        );
         let handle = PartitionHandle {
             topic: topic.to_owned(),
             partition,

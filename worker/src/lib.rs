@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod partition;
 pub mod plan;
 pub mod replay;
+pub mod supervise;
 pub mod writer;
 
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub writers: writer::Writers,
     /// Partition counts of the consumed topics (for spotting misrouted events).
     pub partition_counts: partition::PartitionCounts,
+    /// Stops the worker with an error when a task panics or a dead letter cannot be written.
+    pub fatal: supervise::Fatal,
 }
 
 /// This worker's id: the configured instance id, or host name and process id.
@@ -80,11 +83,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let permits = Arc::new(tokio::sync::Semaphore::new(
         config.worker.max_in_flight_batches,
     ));
+    let fatal = supervise::Fatal::new(shutdown.clone());
     let writers = writer::Writers::start(
         ImageType::ALL.map(|t| config.types.get(t).collection.clone()),
         &permits,
         config.worker.batch.max_events,
-        partition::write_fn(&store, &config, &metrics),
+        writer::write_fn(&store, &config, &metrics),
+        &fatal,
     );
     let shared = Arc::new(Shared {
         config,
@@ -95,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         worker_id,
         writers,
         partition_counts: partition::PartitionCounts::default(),
+        fatal: fatal.clone(),
     });
     let (addr, admin) = admin::start(admin_addr, shared.clone(), shutdown.clone())
         .await
@@ -105,5 +111,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancel();
     let _ = admin.await;
     store.shutdown().await;
-    result
+    result?;
+    match fatal.reason() {
+        Some(reason) => anyhow::bail!("stopped after a fatal error: {reason}"),
+        None => Ok(()),
+    }
 }

@@ -8,16 +8,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leafsync_core::classify::Chooser;
-use leafsync_core::config::{ms, Config};
-use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, Store};
+use leafsync_core::config::ms;
+use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected};
 use leafsync_kafka::admin::partition_count_via;
-use leafsync_kafka::trace_context;
+use leafsync_kafka::{offsets, trace_context};
 use mongodb::bson::RawDocumentBuf;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::Offset;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -26,12 +24,10 @@ use crate::backoff::{retry_forever, Backoff};
 use crate::consumer::{LeafConsumer, WorkerContext};
 use crate::events::{
     BatchReceived, BatchSettled, BatchTimed, Emit, EventSettled, EventVisible, Misrouted,
-    OffsetNotStored, Rewound, Source, Via, WriteCommand,
+    OffsetNotStored, Rewound, Source, Via,
 };
 use crate::input::{Input, Next};
-use crate::metrics::Metrics;
 use crate::plan::{plan, Consumed, Plan, Rules, Write};
-use crate::writer::WriteFn;
 use crate::Shared;
 
 /// Partition counts of the consumed topics, shared by the partition tasks: one metadata
@@ -201,8 +197,10 @@ impl PartitionTask {
         Gathered::Batch(batch, timed)
     }
 
-    /// Seeks the partition back to `to` (retrying until librdkafka accepts), so the late
-    /// message and everything after it come again, in order.
+    /// Moves the partition back to `to` (retrying until librdkafka accepts): its stored and
+    /// committed offsets first, then its fetch position, so the late message and everything
+    /// after it come again, in order, and no commit can pass them meanwhile
+    /// ([`leafsync_kafka::offsets::rewind`]).
     async fn rewind(&mut self, to: i64, seen: i64) {
         Rewound {
             at: self.source(to),
@@ -211,7 +209,7 @@ impl PartitionTask {
         .emit(&self.shared.metrics);
         let backoff = Backoff::from_config(&self.shared.config.worker.retry);
         retry_forever(
-            "seek",
+            "rewind",
             backoff,
             &self.shared.metrics,
             |_| "transient",
@@ -220,13 +218,8 @@ impl PartitionTask {
                     (self.consumer.clone(), self.topic.clone(), self.partition);
                 async move {
                     tokio::task::spawn_blocking(move || {
-                        c.seek(
-                            &topic,
-                            partition,
-                            Offset::Offset(to),
-                            Duration::from_secs(5),
-                        )
-                        .map_err(|e| e.to_string())
+                        offsets::rewind(c.as_ref(), &topic, partition, to, Duration::from_secs(5))
+                            .map_err(|e| e.to_string())
                     })
                     .await
                     .map_err(|e| e.to_string())?
@@ -435,56 +428,4 @@ impl PartitionTask {
         }
         span
     }
-}
-
-/// The one database write, for the stream's writers and for backfill alike: `docs` into a
-/// collection, retried until the database acknowledges. A database outage holds the caller (a
-/// partition: nothing committed past it; a backfill: no checkpoint past it) but never loses or
-/// skips an event.
-pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> WriteFn {
-    let (store, metrics) = (store.clone(), metrics.clone());
-    let retry = config.worker.retry.clone();
-    let chooser = Arc::new(Chooser::new(config.worker.outcomes));
-    Arc::new(
-        move |collection: String, docs: Vec<RawDocumentBuf>, links| {
-            let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
-            let chooser = chooser.clone();
-            Box::pin(async move {
-                let classify = chooser.pick(&collection);
-                WriteCommand {
-                    docs: docs.len(),
-                    classify,
-                }
-                .emit(&metrics);
-                let database = store.database().name().to_owned();
-                let results = retry_forever(
-                    "database_write",
-                    Backoff::from_config(&retry),
-                    &metrics,
-                    |e: &leafsync_core::StoreError| e.class.as_str(),
-                    || {
-                        let span = tracing::info_span!(
-                            "mongodb.update",
-                            otel.name = format!("update {collection}"),
-                            otel.kind = "client",
-                            db.system = "mongodb",
-                            db.namespace = %database,
-                            db.collection.name = %collection,
-                            db.operation.name = "update",
-                            db.operation.batch.size = docs.len(),
-                        );
-                        for l in &links {
-                            span.add_link(l.clone());
-                        }
-                        store
-                            .write_batch_with(&collection, &docs, classify)
-                            .instrument(span)
-                    },
-                )
-                .await;
-                chooser.observe(&collection, &results);
-                results
-            })
-        },
-    )
 }

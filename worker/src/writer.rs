@@ -20,10 +20,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leafsync_core::WriteResult;
+use leafsync_core::classify::Chooser;
+use leafsync_core::config::Config;
+use leafsync_core::{Store, WriteResult};
 use mongodb::bson::RawDocumentBuf;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+
+use crate::backoff::{retry_forever, Backoff};
+use crate::events::{Emit, WriteCommand};
+use crate::metrics::Metrics;
+use crate::supervise::Fatal;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 // tokio's clock, so that tests on paused time see the queueing they cause.
@@ -80,11 +87,13 @@ impl Writers {
     /// Starts, for each of `collections`, as many writer tasks as `permits` has permits (so one
     /// busy collection can use them all); a command holds a permit while it runs and carries at
     /// most `max_docs` documents (or one batch, if larger). Call inside the runtime.
+    /// A lane that panics stops the worker through `fatal` (it would otherwise end silently).
     pub fn start(
         collections: impl IntoIterator<Item = String>,
         permits: &Arc<Semaphore>,
         max_docs: usize,
         write: WriteFn,
+        fatal: &Fatal,
     ) -> Self {
         let tasks = permits.available_permits().max(1);
         let mut lanes = HashMap::new();
@@ -95,13 +104,17 @@ impl Writers {
                 held: VecDeque::new(),
             }));
             for _ in 0..tasks {
-                tokio::spawn(lane(
-                    collection.clone(),
-                    queue.clone(),
-                    permits.clone(),
-                    max_docs,
-                    write.clone(),
-                ));
+                fatal.spawn_on(
+                    &tokio::runtime::Handle::current(),
+                    format!("the {collection} writer"),
+                    lane(
+                        collection.clone(),
+                        queue.clone(),
+                        permits.clone(),
+                        max_docs,
+                        write.clone(),
+                    ),
+                );
             }
             lanes.insert(collection, tx);
         }
@@ -254,11 +267,68 @@ async fn lane(
     }
 }
 
+/// The one database write, for the stream's writers and for backfill alike: `docs` into a
+/// collection, retried until the database acknowledges. A database outage holds the caller (a
+/// partition: nothing committed past it; a backfill: no checkpoint past it) but never loses or
+/// skips an event.
+pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> WriteFn {
+    let (store, metrics) = (store.clone(), metrics.clone());
+    let retry = config.worker.retry.clone();
+    let chooser = Arc::new(Chooser::new(config.worker.outcomes));
+    Arc::new(
+        move |collection: String, docs: Vec<RawDocumentBuf>, links| {
+            let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
+            let chooser = chooser.clone();
+            Box::pin(async move {
+                let classify = chooser.pick(&collection);
+                WriteCommand {
+                    docs: docs.len(),
+                    classify,
+                }
+                .emit(&metrics);
+                let database = store.database().name().to_owned();
+                let results = retry_forever(
+                    "database_write",
+                    Backoff::from_config(&retry),
+                    &metrics,
+                    |e: &leafsync_core::StoreError| e.class.as_str(),
+                    || {
+                        let span = tracing::info_span!(
+                            "mongodb.update",
+                            otel.name = format!("update {collection}"),
+                            otel.kind = "client",
+                            db.system = "mongodb",
+                            db.namespace = %database,
+                            db.collection.name = %collection,
+                            db.operation.name = "update",
+                            db.operation.batch.size = docs.len(),
+                        );
+                        for l in &links {
+                            span.add_link(l.clone());
+                        }
+                        store
+                            .write_batch_with(&collection, &docs, classify)
+                            .instrument(span)
+                    },
+                )
+                .await;
+                chooser.observe(&collection, &results);
+                results
+            })
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use leafsync_core::Outcome;
     use mongodb::bson::rawdoc;
+    use tokio_util::sync::CancellationToken;
+
+    fn fatal() -> Fatal {
+        Fatal::new(CancellationToken::new())
+    }
 
     /// A write function that records each command's ids and answers `Updated` for each, after
     /// `delay`, so that the test can see what was merged.
@@ -291,7 +361,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_batch_goes_out_alone_at_once() {
         let (f, log) = recording(Duration::from_millis(5));
-        let w = Writers::start(["c".to_owned()], &Arc::new(Semaphore::new(2)), 100, f);
+        let w = Writers::start(
+            ["c".to_owned()],
+            &Arc::new(Semaphore::new(2)),
+            100,
+            f,
+            &fatal(),
+        );
         let got = w.write("c", docs(&[1, 2])).await;
         assert_eq!(got.results.len(), 2);
         assert_eq!(got.queued, Duration::ZERO);
@@ -307,6 +383,7 @@ mod tests {
             &Arc::new(Semaphore::new(1)),
             100,
             f,
+            &fatal(),
         ));
         // The first batch takes the only permit; three more arrive while it is written.
         let mut calls = Vec::new();
@@ -346,6 +423,7 @@ mod tests {
             &Arc::new(Semaphore::new(1)),
             4,
             f,
+            &fatal(),
         ));
         let mut calls = Vec::new();
         for batch in [vec![1], vec![2, 3], vec![3], vec![7, 8, 9], vec![10]] {
@@ -376,7 +454,7 @@ mod tests {
     async fn a_batch_waiting_for_a_permit_is_written_when_one_frees_even_if_nothing_else_comes() {
         let (f, log) = recording(Duration::from_millis(1));
         let permits = Arc::new(Semaphore::new(2));
-        let w = Arc::new(Writers::start(["c".to_owned()], &permits, 10, f));
+        let w = Arc::new(Writers::start(["c".to_owned()], &permits, 10, f, &fatal()));
         // Every permit is busy elsewhere (other collections' commands) when the batch arrives.
         let busy = permits.clone().acquire_many_owned(2).await.unwrap();
         let call = {
@@ -395,19 +473,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_write_that_panics_fails_its_callers_instead_of_answering_nothing() {
+    async fn a_write_that_panics_fails_its_callers_and_stops_the_worker() {
         let f: WriteFn = Arc::new(|_c, _docs, _links| Box::pin(async { panic!("driver bug") }));
+        let shutdown = CancellationToken::new();
+        let fatal = Fatal::new(shutdown.clone());
         let w = Arc::new(Writers::start(
             ["c".to_owned()],
             &Arc::new(Semaphore::new(1)),
             10,
             f,
+            &fatal,
         ));
         let caller = tokio::spawn(async move { w.write("c", docs(&[1])).await });
         let e = caller
             .await
             .expect_err("an empty answer would let the caller store its offset");
         assert!(e.is_panic());
+        // The lane is gone for good: without a fatal error the collection would stall silently.
+        tokio::time::timeout(Duration::from_secs(1), shutdown.cancelled())
+            .await
+            .expect("the worker is told to stop");
+        assert_eq!(fatal.reason(), Some("the c writer panicked: driver bug"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -415,7 +501,13 @@ mod tests {
         let (f, log) = recording(Duration::from_millis(1));
         let w = Writers::direct(f.clone());
         assert_eq!(w.write("x", docs(&[1])).await.results.len(), 1);
-        let w = Writers::start(["c".to_owned()], &Arc::new(Semaphore::new(1)), 10, f);
+        let w = Writers::start(
+            ["c".to_owned()],
+            &Arc::new(Semaphore::new(1)),
+            10,
+            f,
+            &fatal(),
+        );
         assert_eq!(w.write("other", docs(&[2])).await.results.len(), 1);
         assert!(w.write("c", Vec::new()).await.results.is_empty());
         assert_eq!(*log.lock().unwrap(), vec![vec![1], vec![2]]);

@@ -1,5 +1,6 @@
 //! Server faults, each on a private stack so other tests are undisturbed: a database outage, a
-//! broker restart, and a SIGTERM mid-flood.
+//! broker restart and a broker kill -9 (Apache Kafka, recovering its log from disk), and a
+//! SIGTERM mid-flood.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
 mod common;
@@ -11,7 +12,7 @@ use leafsync_loadtest::expected::Expected;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn database_outage_mid_flood_loses_nothing_and_dead_letters_nothing() {
-    let stack = PrivateStack::start("memory");
+    let stack = PrivateStack::start();
     let env = TestEnv::on(&stack).await;
     let w = env.spawn_worker("w1", &[]);
     w.wait_ready(Duration::from_secs(30)).await;
@@ -48,18 +49,52 @@ async fn database_outage_mid_flood_loses_nothing_and_dead_letters_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_restart_mid_flood_workers_reconnect_and_lose_nothing() {
-    let stack = PrivateStack::start("sqlite");
+    broker_outage_mid_flood(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_kill9_mid_flood_recovers_its_log_and_loses_nothing() {
+    broker_outage_mid_flood(true).await;
+}
+
+/// Stops the broker while a worker is busy (a clean shutdown, or kill -9: no flush, the broker
+/// recovers its log segments and the committed offsets from disk), restarts it, produces the rest,
+/// and asserts the exact state.
+async fn broker_outage_mid_flood(kill9: bool) {
+    let stack = PrivateStack::start();
     let env = TestEnv::on(&stack).await;
     let w = env.spawn_worker("w1", &[]);
     w.wait_ready(Duration::from_secs(30)).await;
     let mut expected = Expected::default();
     let events: Vec<_> = env.generator(6, 200).take(6_000).collect();
     env.produce(events[..3_000].to_vec(), &mut expected).await;
-    assert!(w.wait_events("", 1, Duration::from_secs(30)).await > 0);
-    stack.stack("stop-kafka");
+    // Something is committed before the fault, so its survival can be checked.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let committed_before = loop {
+        let (c, _) = env.committed_and_end();
+        if c > 0 || Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        committed_before > 0,
+        "the worker committed before the fault"
+    );
+    if kill9 {
+        stack.kill9("kafka");
+    } else {
+        stack.stack("stop-kafka");
+    }
     // The outage itself: long enough for the worker's connections to fail and retry.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stack.stack("start-kafka");
+    // What the group had committed survived the restart (offsets live in the broker's log).
+    let (committed_after, _) = env.committed_and_end();
+    assert!(
+        committed_after >= committed_before,
+        "committed offsets survive: {committed_before} before, {committed_after} after"
+    );
     env.produce(events[3_000..].to_vec(), &mut expected).await;
     let r = env.wait_synced(&expected, Duration::from_secs(180)).await;
     assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());

@@ -155,7 +155,7 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::new());
     // Pages are full batches already: each is written on its own.
     let writers =
-        crate::writer::Writers::direct(crate::partition::write_fn(&store, &config, &metrics));
+        crate::writer::Writers::direct(crate::writer::write_fn(&store, &config, &metrics));
     let shared = Arc::new(Shared {
         writers,
         config,
@@ -165,6 +165,7 @@ pub async fn run(
         health: crate::health::Health::default(),
         worker_id,
         partition_counts: crate::partition::PartitionCounts::default(),
+        fatal: crate::supervise::Fatal::new(shutdown.clone()),
     });
     // Nothing to join: ready as soon as the database answers.
     shared.health.set_joined();
@@ -202,6 +203,9 @@ pub async fn run(
         source.shutdown().await;
     }
     shared.store.shutdown().await;
+    if let Some(reason) = shared.fatal.reason() {
+        anyhow::bail!("backfill stopped after a fatal error: {reason}");
+    }
     Ok(Report {
         types,
         interrupted: shutdown.is_cancelled(),
