@@ -171,6 +171,9 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Topic receiving bad events.
     pub dead_letter_topic: String,
+    /// Largest dead letter the producer sends (its `message.max.bytes`); a larger one is sent
+    /// with its value truncated.
+    pub dead_letter_max_bytes: u64,
     /// Group session timeout.
     pub session_timeout_ms: u64,
     /// How often a member heartbeats; also how soon it learns that a rebalance started.
@@ -526,6 +529,13 @@ impl Config {
         nonempty("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)?;
         nonempty("kafka.group_id", &self.kafka.group_id)?;
         nonempty("kafka.dead_letter_topic", &self.kafka.dead_letter_topic)?;
+        // librdkafka's own bounds for message.max.bytes.
+        if !(1_000..=1_000_000_000).contains(&self.kafka.dead_letter_max_bytes) {
+            return Err(invalid(
+                "kafka.dead_letter_max_bytes",
+                "must be between 1000 and 1000000000",
+            ));
+        }
         positive("kafka.session_timeout_ms", self.kafka.session_timeout_ms)?;
         positive(
             "kafka.heartbeat_interval_ms",

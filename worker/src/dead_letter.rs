@@ -1,16 +1,26 @@
 //! The dead-letter topic: where bad events go, with the original key, value and headers, plus
 //! headers saying where the event came from and why it was refused.
+//!
+//! A send failure is retried until the broker acknowledges, except two refusals that no retry
+//! can change. A letter too large for the producer's `kafka.dead_letter_max_bytes` or the
+//! topic's `max.message.bytes` is sent again with its value cut (halved, and at most half the
+//! limit, until it fits), with headers saying so and the original size: the bad event must not
+//! stall its partition. A topic the worker may not write to (an ACL) is a configuration fault:
+//! the worker stops with that reason ([`crate::supervise::Fatal`]) instead of stalling silently.
 
 use std::time::Duration;
 
 use leafsync_core::config::Config;
 use leafsync_kafka::ClientConfigExt as _;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::backoff::{retry_forever, Backoff};
 use crate::events::{DeadLettered, Emit, Origin, Source, Via};
 use crate::metrics::Metrics;
+use crate::supervise::Fatal;
 
 /// Header names written on every dead-lettered message.
 pub mod header {
@@ -42,6 +52,41 @@ pub mod header {
     pub const WORKER_ID: &str = "leafsync.worker.id";
     /// When (RFC 3339).
     pub const FAILED_AT: &str = "leafsync.failed_at";
+    /// `true` when the value was cut to fit the topic's message size limit.
+    pub const PAYLOAD_TRUNCATED: &str = "leafsync.payload.truncated";
+    /// The size of the original value, in bytes, when it was cut.
+    pub const PAYLOAD_ORIGINAL_BYTES: &str = "leafsync.payload.original_bytes";
+}
+
+/// The dead-letter topic refused a letter for good (the worker is already stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("the dead-letter topic refused the letter: {0}")]
+pub struct Undeliverable(KafkaError);
+
+/// A refusal that no retry of the same letter can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Over the producer's or the topic's message size limit.
+    TooLarge,
+    /// The worker may not write to the topic.
+    Unauthorized,
+}
+
+fn refusal(e: &KafkaError) -> Option<Refusal> {
+    match e.rdkafka_error_code()? {
+        RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
+            Some(Refusal::TooLarge)
+        }
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some(Refusal::Unauthorized),
+        _ => None,
+    }
+}
+
+/// How much of a value of `len` bytes to keep after a size refusal: half, and at most half the
+/// producer's limit (leaving room for the key and headers). Reaches 0 in a few steps.
+fn cut(len: usize, max_bytes: usize) -> usize {
+    (len / 2).min(max_bytes / 2)
 }
 
 /// Producer of dead letters.
@@ -50,6 +95,8 @@ pub struct DeadLetter {
     topic: String,
     worker_id: String,
     backoff: Backoff,
+    max_bytes: usize,
+    fatal: Fatal,
 }
 
 impl std::fmt::Debug for DeadLetter {
@@ -62,26 +109,38 @@ impl std::fmt::Debug for DeadLetter {
 }
 
 impl DeadLetter {
-    /// A producer for `kafka.dead_letter_topic`.
-    pub fn new(cfg: &Config, worker_id: &str) -> Result<Self, rdkafka::error::KafkaError> {
+    /// A producer for `kafka.dead_letter_topic`; a letter the topic refuses for good raises
+    /// `fatal`.
+    pub fn new(cfg: &Config, worker_id: &str, fatal: Fatal) -> Result<Self, KafkaError> {
+        let max_bytes = cfg.kafka.dead_letter_max_bytes.to_string();
         let producer = cfg
             .kafka
             .client_config()
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "5")
+            .set("message.max.bytes", &max_bytes)
             .create()?;
         Ok(Self {
             producer,
             topic: cfg.kafka.dead_letter_topic.clone(),
             worker_id: worker_id.to_owned(),
             backoff: Backoff::from_config(&cfg.worker.retry),
+            max_bytes: usize::try_from(cfg.kafka.dead_letter_max_bytes).unwrap_or(usize::MAX),
+            fatal,
         })
     }
 
     /// Produces `msg` to the dead-letter topic, retrying until the broker acknowledges it: the
     /// source offset must never move past an event that is neither written nor dead-lettered.
-    pub async fn send(&self, msg: &OwnedMessage, kind: &str, reason: &str, metrics: &Metrics) {
+    /// `Err` when the topic refuses it for good: store no offset past it (the worker stops).
+    pub async fn send(
+        &self,
+        msg: &OwnedMessage,
+        kind: &str,
+        reason: &str,
+        metrics: &Metrics,
+    ) -> Result<(), Undeliverable> {
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
         let origin = [
@@ -96,7 +155,7 @@ impl DeadLetter {
             headers: msg.headers().map(OwnedHeaders::as_borrowed),
             origin: &origin,
         };
-        self.produce(&letter, kind, reason, metrics).await;
+        self.produce(&letter, kind, reason, metrics).await?;
         DeadLettered {
             topic: msg.topic(),
             at: Origin::Stream(Source {
@@ -108,6 +167,7 @@ impl DeadLetter {
             reason,
         }
         .emit(metrics);
+        Ok(())
     }
 
     /// Produces a backfill's bad document: its bytes, the image id as key when known, and
@@ -123,7 +183,7 @@ impl DeadLetter {
         kind: &str,
         reason: &str,
         metrics: &Metrics,
-    ) {
+    ) -> Result<(), Undeliverable> {
         let mut all = vec![(header::SOURCE, Via::Backfill.as_str())];
         all.extend_from_slice(origin);
         let letter = Letter {
@@ -132,7 +192,7 @@ impl DeadLetter {
             headers: None,
             origin: &all,
         };
-        self.produce(&letter, kind, reason, metrics).await;
+        self.produce(&letter, kind, reason, metrics).await?;
         let at: Vec<String> = origin.iter().map(|(k, v)| format!("{k}={v}")).collect();
         DeadLettered {
             topic,
@@ -141,9 +201,16 @@ impl DeadLetter {
             reason,
         }
         .emit(metrics);
+        Ok(())
     }
 
-    async fn produce(&self, letter: &Letter<'_>, kind: &str, reason: &str, metrics: &Metrics) {
+    async fn produce(
+        &self,
+        letter: &Letter<'_>,
+        kind: &str,
+        reason: &str,
+        metrics: &Metrics,
+    ) -> Result<(), Undeliverable> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut headers = OwnedHeaders::new();
         if let Some(original) = letter.headers {
@@ -163,30 +230,69 @@ impl DeadLetter {
                 value: Some(value.as_bytes()),
             });
         }
-        let record = || {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&self.topic).headers(headers.clone());
-            if let Some(k) = letter.key {
-                record = record.key(k);
+        let payload = letter.payload.unwrap_or_default();
+        // The value's length kept after a size refusal, and the headers that say so.
+        let mut kept: Option<usize> = None;
+        loop {
+            let mut headers = headers.clone();
+            let mut value = letter.payload;
+            let original = payload.len().to_string();
+            if let Some(n) = kept {
+                value = Some(&payload[..n]);
+                for (key, v) in [
+                    (header::PAYLOAD_TRUNCATED, "true"),
+                    (header::PAYLOAD_ORIGINAL_BYTES, original.as_str()),
+                ] {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(v.as_bytes()),
+                    });
+                }
             }
-            if let Some(v) = letter.payload {
-                record = record.payload(v);
+            let record = || {
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&self.topic).headers(headers.clone());
+                if let Some(k) = letter.key {
+                    record = record.key(k);
+                }
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                record
+            };
+            // Transient failures are retried here; a refusal for good comes back as Ok(Err).
+            let sent = retry_forever(
+                "dead_letter",
+                self.backoff.clone(),
+                metrics,
+                |_| "transient",
+                || async {
+                    match self.producer.send(record(), Duration::from_secs(30)).await {
+                        Ok(_) => Ok(Ok(())),
+                        Err((e, _)) => match refusal(&e) {
+                            Some(r) => Ok(Err((r, e))),
+                            None => Err(e),
+                        },
+                    }
+                },
+            )
+            .await;
+            match sent {
+                Ok(()) => return Ok(()),
+                Err((Refusal::TooLarge, e)) if kept != Some(0) => {
+                    let n = cut(kept.unwrap_or(payload.len()), self.max_bytes);
+                    tracing::warn!(topic = %self.topic, kind, error = %e, original_bytes = payload.len(), kept_bytes = n, "dead letter too large; sending it with its value cut");
+                    kept = Some(n);
+                }
+                Err((_, e)) => {
+                    self.fatal.raise(format!(
+                        "the dead-letter topic {} refuses a {kind} letter for good: {e} (check its ACLs and max.message.bytes)",
+                        self.topic
+                    ));
+                    return Err(Undeliverable(e));
+                }
             }
-            record
-        };
-        retry_forever(
-            "dead_letter",
-            self.backoff.clone(),
-            metrics,
-            |_| "transient",
-            || async {
-                self.producer
-                    .send(record(), Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| e)
-            },
-        )
-        .await;
+        }
     }
 }
 
@@ -197,4 +303,46 @@ struct Letter<'a> {
     payload: Option<&'a [u8]>,
     headers: Option<&'a BorrowedHeaders>,
     origin: &'a [(&'a str, &'a str)],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_value_halves_stays_under_half_the_limit_and_reaches_zero() {
+        assert_eq!(cut(5_000_000, 1_000_000), 500_000);
+        assert_eq!(cut(600_000, 1_000_000), 300_000);
+        let mut n = 5_000_000;
+        let mut steps = 0;
+        while n > 0 {
+            n = cut(n, 1_000_000);
+            steps += 1;
+        }
+        assert!(steps <= 21, "{steps} steps");
+    }
+
+    #[test]
+    fn size_and_authorization_refusals_are_for_good_the_rest_is_retried() {
+        let e = |c| KafkaError::MessageProduction(c);
+        assert_eq!(
+            refusal(&e(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Some(Refusal::TooLarge)
+        );
+        assert_eq!(
+            refusal(&e(RDKafkaErrorCode::MessageBatchTooLarge)),
+            Some(Refusal::TooLarge)
+        );
+        assert_eq!(
+            refusal(&e(RDKafkaErrorCode::TopicAuthorizationFailed)),
+            Some(Refusal::Unauthorized)
+        );
+        for transient in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert_eq!(refusal(&e(transient)), None, "{transient:?}");
+        }
+    }
 }

@@ -73,7 +73,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .ensure_indexes(&collections)
         .await
         .context("cannot create the unique index on `id`")?;
-    let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id)
+    let fatal = supervise::Fatal::new(shutdown.clone());
+    let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
         .context("cannot create the dead-letter producer")?;
     let admin_addr = config.worker.admin_addr;
     let metrics = Arc::new(metrics::Metrics::new());
@@ -83,7 +84,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let permits = Arc::new(tokio::sync::Semaphore::new(
         config.worker.max_in_flight_batches,
     ));
-    let fatal = supervise::Fatal::new(shutdown.clone());
     let writers = writer::Writers::start(
         ImageType::ALL.map(|t| config.types.get(t).collection.clone()),
         &permits,

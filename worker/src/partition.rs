@@ -22,6 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::backoff::{retry_forever, Backoff};
 use crate::consumer::{LeafConsumer, WorkerContext};
+use crate::dead_letter::Undeliverable;
 use crate::events::{
     BatchReceived, BatchSettled, BatchTimed, Emit, EventSettled, EventVisible, Misrouted,
     OffsetNotStored, Rewound, Source, Via,
@@ -93,6 +94,16 @@ fn since(timestamp_ms: i64, now_ms: i64) -> Duration {
     Duration::from_millis((now_ms - timestamp_ms).max(0).unsigned_abs())
 }
 
+/// A batch that could not be settled: a fatal error was raised, and no offset is stored.
+#[derive(Debug)]
+struct Unsettled;
+
+impl From<Undeliverable> for Unsettled {
+    fn from(_: Undeliverable) -> Self {
+        Self
+    }
+}
+
 /// What [`PartitionTask::gather`] ends with.
 enum Gathered {
     /// A batch, and the time it took.
@@ -122,8 +133,13 @@ impl PartitionTask {
                         max_event_bytes: self.shared.config.worker.max_event_bytes,
                         keyed: true,
                     };
-                    self.process(&batch, &collection, &rules, &mut timed).await;
+                    let settled = self.process(&batch, &collection, &rules, &mut timed).await;
                     timed.emit(&self.shared.metrics);
+                    if settled.is_err() {
+                        // A fatal error was raised and the worker is stopping: nothing after
+                        // this batch may be stored either.
+                        break;
+                    }
                 }
                 Gathered::Rewind { to, seen } => self.rewind(to, seen).await,
                 Gathered::Stopped => break,
@@ -245,7 +261,7 @@ impl PartitionTask {
         collection: &str,
         rules: &Rules<'_>,
         timed: &mut BatchTimed,
-    ) {
+    ) -> Result<(), Unsettled> {
         let started = Instant::now();
         self.shared
             .health
@@ -266,7 +282,7 @@ impl PartitionTask {
         let counts = self
             .settle(batch, plan, collection, timed)
             .instrument(span.clone())
-            .await;
+            .await?;
         for (outcome, n) in counts.iter() {
             span.record(format!("leafsync.{}", outcome.label()).as_str(), n);
         }
@@ -284,17 +300,19 @@ impl PartitionTask {
         self.shared
             .health
             .set_busy(&self.topic, self.partition, false);
+        Ok(())
     }
 
     /// Carries out `plan`: dead letters, the write, dead letters for what the database refused,
-    /// outcomes, and finally the stored offset. Returns the outcome counts.
+    /// outcomes, and finally the stored offset. Returns the outcome counts, or `Unsettled` (the
+    /// offset not stored) when a fatal error stops the worker.
     async fn settle(
         &self,
         batch: &[OwnedMessage],
         plan: Plan,
         collection: &str,
         timed: &mut BatchTimed,
-    ) -> OutcomeCounts {
+    ) -> Result<OutcomeCounts, Unsettled> {
         let m = &self.shared.metrics;
         let mut counts = OutcomeCounts::default();
         BatchReceived {
@@ -316,12 +334,12 @@ impl PartitionTask {
             self.shared
                 .dead_letter
                 .send(&batch[r.msg], r.kind, &r.reason, m)
-                .await;
+                .await?;
             self.settled(&mut counts, &batch[r.msg], None, Outcome::DeadLettered);
         }
         timed.dead_letter = started.elapsed();
         self.write_and_record(batch, plan.writes, collection, &mut counts, timed)
-            .await;
+            .await?;
         for &(i, id, outcome) in &plan.skipped {
             self.settled(&mut counts, &batch[i], Some(id), outcome);
         }
@@ -340,7 +358,7 @@ impl PartitionTask {
             }
         }
         timed.store_offset = started.elapsed();
-        counts
+        Ok(counts)
     }
 
     /// Writes the plan's documents, dead-letters what the database refused, and records each
@@ -352,13 +370,23 @@ impl PartitionTask {
         collection: &str,
         counts: &mut OutcomeCounts,
         timed: &mut BatchTimed,
-    ) {
+    ) -> Result<(), Unsettled> {
         let m = &self.shared.metrics;
         let (index, docs): (Vec<_>, Vec<RawDocumentBuf>) =
             writes.into_iter().map(|w| ((w.msg, w.id), w.doc)).unzip();
         let written = self.shared.writers.write(collection, docs).await;
         (timed.permit, timed.write) = (written.queued, written.write);
         let results = written.results;
+        if results.len() != index.len() {
+            // One result per document is the writer's contract; zipping a short answer would
+            // settle (and store the offset past) events that were never written.
+            self.shared.fatal.raise(format!(
+                "the {collection} write answered {} results for {} documents",
+                results.len(),
+                index.len()
+            ));
+            return Err(Unsettled);
+        }
         let acked_ms = chrono::Utc::now().timestamp_millis();
         for (&(i, id), result) in index.iter().zip(results) {
             let msg = &batch[i];
@@ -369,7 +397,7 @@ impl PartitionTask {
                     self.shared
                         .dead_letter
                         .send(msg, "rejected_by_database", &reason, m)
-                        .await;
+                        .await?;
                     Outcome::DeadLettered
                 }
             };
@@ -382,6 +410,7 @@ impl PartitionTask {
             }
             self.settled(counts, msg, Some(id), outcome);
         }
+        Ok(())
     }
 
     fn settled(

@@ -94,3 +94,70 @@ async fn every_bad_kind_is_dead_lettered_with_headers_and_later_events_still_app
         n
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_letter_over_the_dead_letter_topics_size_limit_is_sent_cut_and_later_events_apply() {
+    // Events up to 1 KB are accepted; the dead-letter topic takes messages of at most 2,000
+    // bytes, so a 20 KB event is refused (too_large) and its letter too large for the broker.
+    let env = TestEnv::with_overrides(&[("LEAFSYNC__WORKER__MAX_EVENT_BYTES", "1024")]).await;
+    env.set_topic_config(
+        &env.config.kafka.dead_letter_topic,
+        "max.message.bytes",
+        "2000",
+    )
+    .await;
+    let id = ImageId::new(77).unwrap();
+    let big = format!(
+        r#"{{"id":77,"updated_at":"2025-06-01T00:00:00Z","label":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    env.produce_raw(
+        ImageType::Tomato,
+        &[(id.key().into_bytes(), Some(big.clone().into_bytes()))],
+    )
+    .await;
+    let good = ImageEvent::decode(
+        br#"{"id":77,"updated_at":"2025-06-02T00:00:00Z","label":"healthy"}"#,
+        1024,
+    )
+    .unwrap();
+    let mut expected = Expected::default();
+    env.produce(
+        vec![Generated {
+            image_type: ImageType::Tomato,
+            event: good,
+        }],
+        &mut expected,
+    )
+    .await;
+
+    let w = env.spawn_worker("w1", &[]);
+    // The event after the oversized one is written: its partition did not stall.
+    let r = env.wait_synced(&expected, Duration::from_secs(60)).await;
+    assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+    let letters = env.dead_letters(1, Duration::from_secs(30));
+    assert_eq!(letters.len(), 1, "{}", w.log_tail());
+    let l = &letters[0];
+    assert_eq!(l.headers["leafsync.error.kind"], "too_large");
+    assert_eq!(l.headers["leafsync.payload.truncated"], "true");
+    assert_eq!(
+        l.headers["leafsync.payload.original_bytes"],
+        big.len().to_string()
+    );
+    let value = l.value.as_deref().unwrap_or_default();
+    assert!(
+        !value.is_empty() && value.len() < 2_000,
+        "cut to fit: {} bytes",
+        value.len()
+    );
+    assert!(
+        big.as_bytes().starts_with(value),
+        "a prefix of the original"
+    );
+    assert_eq!(l.key.as_deref(), Some(id.key().as_bytes()));
+    assert_eq!(
+        w.events_total("outcome=\"dead_lettered\"").await,
+        1,
+        "counted once"
+    );
+}

@@ -28,6 +28,7 @@ use mongodb::bson::RawDocumentBuf;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{retry_forever, retry_transient, Backoff};
+use crate::dead_letter::Undeliverable;
 use crate::events::{BackfillPageSettled, BatchReceived, Emit, Via};
 use crate::plan::{plan, Consumed, Plan, Rules};
 use crate::Shared;
@@ -150,7 +151,8 @@ pub async fn run(
             .await
             .context("cannot create the unique index on `id`")?;
     }
-    let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id)
+    let fatal = crate::supervise::Fatal::new(shutdown.clone());
+    let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
         .context("cannot create the dead-letter producer")?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     // Pages are full batches already: each is written on its own.
@@ -165,7 +167,7 @@ pub async fn run(
         health: crate::health::Health::default(),
         worker_id,
         partition_counts: crate::partition::PartitionCounts::default(),
-        fatal: crate::supervise::Fatal::new(shutdown.clone()),
+        fatal,
     });
     // Nothing to join: ready as soon as the database answers.
     shared.health.set_joined();
@@ -300,10 +302,15 @@ async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> Type
         let bytes_read = source.bytes_read();
         let planned = prepare(&rules, &location, records);
         // Read the next page while this one is written; on shutdown, finish this one only.
-        let (counts, next) = if ctx.shutdown.is_cancelled() {
+        let (settled, next) = if ctx.shutdown.is_cancelled() {
             (settle(ctx, t, planned).await, Ok(None))
         } else {
             tokio::join!(settle(ctx, t, planned), read_page(ctx, &mut source))
+        };
+        // A dead letter refused for good: no checkpoint past the page (the run is stopping).
+        let Ok(counts) = settled else {
+            summary.error = Some("a dead letter was refused for good; see the log".to_owned());
+            break;
         };
         page = next;
         summary.counts.merge(&counts);
@@ -410,7 +417,11 @@ fn prepare<'a>(rules: &Rules<'_>, location: &'a Location, records: Vec<Record>) 
 }
 
 /// Dead-letters the refused, writes (or in a dry run, classifies) the rest, and counts.
-async fn settle(ctx: &Ctx<'_>, t: ImageType, mut p: Planned<'_>) -> OutcomeCounts {
+async fn settle(
+    ctx: &Ctx<'_>,
+    t: ImageType,
+    mut p: Planned<'_>,
+) -> Result<OutcomeCounts, Undeliverable> {
     let shared = ctx.shared;
     let m = &shared.metrics;
     let topic = &shared.config.types.get(t).topic;
@@ -424,7 +435,7 @@ async fn settle(ctx: &Ctx<'_>, t: ImageType, mut p: Planned<'_>) -> OutcomeCount
     }
     .emit(m);
     for r in &p.plan.refusals {
-        dead_letter(ctx, t, &p, r.msg, r.kind, &r.reason).await;
+        dead_letter(ctx, t, &p, r.msg, r.kind, &r.reason).await?;
         counts.add(Outcome::DeadLettered);
     }
     for &(_, _, outcome) in &p.plan.skipped {
@@ -444,7 +455,7 @@ async fn settle(ctx: &Ctx<'_>, t: ImageType, mut p: Planned<'_>) -> OutcomeCount
             Ok(outcome) => counts.add(outcome),
             Err(Rejected { code, message }) => {
                 let reason = format!("MongoDB refused the document (code {code}): {message}");
-                dead_letter(ctx, t, &p, i, "rejected_by_database", &reason).await;
+                dead_letter(ctx, t, &p, i, "rejected_by_database", &reason).await?;
                 counts.add(Outcome::DeadLettered);
             }
         }
@@ -454,7 +465,7 @@ async fn settle(ctx: &Ctx<'_>, t: ImageType, mut p: Planned<'_>) -> OutcomeCount
         counts: &counts,
     }
     .emit(m);
-    counts
+    Ok(counts)
 }
 
 /// A dry run's answer for `docs`: what a write would do now.
@@ -484,7 +495,7 @@ async fn dead_letter(
     i: usize,
     kind: &str,
     reason: &str,
-) {
+) -> Result<(), Undeliverable> {
     if ctx.opts.dry_run {
         tracing::info!(
             r#type = t.as_str(),
@@ -492,7 +503,7 @@ async fn dead_letter(
             reason,
             "dry run: would dead-letter a document"
         );
-        return;
+        return Ok(());
     }
     let r = &p.records[i];
     let mut headers = vec![(
@@ -512,7 +523,7 @@ async fn dead_letter(
             reason,
             &ctx.shared.metrics,
         )
-        .await;
+        .await
 }
 
 /// Saves the pass's checkpoint (not in a dry run), retrying until the database takes it: the

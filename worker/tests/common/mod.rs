@@ -263,6 +263,23 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Sets a topic-level config on the broker (e.g. `max.message.bytes` of the dead-letter
+    /// topic), through Kafka's AlterConfigs.
+    pub async fn set_topic_config(&self, topic: &str, key: &str, value: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> =
+            self.config.kafka.client_config().create().unwrap();
+        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+        let results = admin
+            .alter_configs(&[change], &AdminOptions::new())
+            .await
+            .unwrap();
+        for r in results {
+            r.unwrap_or_else(|e| panic!("alter {topic} {key}={value}: {e:?}"));
+        }
+    }
+
     /// Every message of the dead-letter topic, waiting until `n` arrived or `timeout`.
     pub fn dead_letters(&self, n: usize, timeout: Duration) -> Vec<DeadLetter> {
         let c: BaseConsumer = self
