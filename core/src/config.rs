@@ -47,6 +47,24 @@ pub enum ConfigError {
     },
 }
 
+/// `key` must not be blank.
+fn nonempty(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.trim().is_empty() {
+        Err(invalid(key, "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `key` must be above 0.
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
@@ -384,7 +402,7 @@ pub struct WorkerConfig {
     pub max_in_flight_batches: usize,
     /// How a write learns each event's outcome: from its reply, a read first, or per collection
     /// whichever suits the recent mix.
-    pub outcomes: crate::classify::OutcomePolicy,
+    pub outcomes: crate::outcome_policy::OutcomePolicy,
     /// How often the consumer-lag gauges are refreshed.
     pub lag_interval_ms: u64,
     /// Micro-batching.
@@ -512,20 +530,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let nonempty = |key: &str, v: &str| {
-            if v.trim().is_empty() {
-                Err(invalid(key, "must not be empty"))
-            } else {
-                Ok(())
-            }
-        };
-        let positive = |key: &str, v: u64| {
-            if v == 0 {
-                Err(invalid(key, "must be greater than 0"))
-            } else {
-                Ok(())
-            }
-        };
+        self.validate_kafka()?;
+        self.validate_mongo()?;
+        self.validate_types()?;
+        self.validate_worker()?;
+        self.validate_api_and_telemetry()
+    }
+
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
         nonempty("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)?;
         nonempty("kafka.group_id", &self.kafka.group_id)?;
         nonempty("kafka.dead_letter_topic", &self.kafka.dead_letter_topic)?;
@@ -551,6 +563,10 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_mongo(&self) -> Result<(), ConfigError> {
         let uri = self.mongo.uri.expose();
         if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
             return Err(invalid(
@@ -562,6 +578,11 @@ impl Config {
         positive("mongo.startup_timeout_ms", self.mongo.startup_timeout_ms)?;
         positive("mongo.connect_timeout_ms", self.mongo.connect_timeout_ms)?;
         positive("mongo.max_pool_size", self.mongo.max_pool_size.into())?;
+        Ok(())
+    }
+
+    /// Each type has a topic and a collection of its own (and no topic is the dead-letter one).
+    fn validate_types(&self) -> Result<(), ConfigError> {
         let mut topics = Vec::new();
         let mut collections = Vec::new();
         for t in ImageType::ALL {
@@ -583,6 +604,10 @@ impl Config {
             topics.push(&tc.topic);
             collections.push(&tc.collection);
         }
+        Ok(())
+    }
+
+    fn validate_worker(&self) -> Result<(), ConfigError> {
         let w = &self.worker;
         if w.instance_id
             .as_deref()
@@ -637,6 +662,10 @@ impl Config {
                 "must be at least worker.retry.initial_backoff_ms",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_api_and_telemetry(&self) -> Result<(), ConfigError> {
         positive("api.request_timeout_ms", self.api.request_timeout_ms)?;
         positive("api.max_read_batch", self.api.max_read_batch as u64)?;
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {

@@ -5,7 +5,7 @@
 //! - [`partitioner`]: murmur3 partitioning, the producer contract for ordering;
 //! - [`version`]: the one ordering rule (newest `updated_at` wins, the later event on ties);
 //! - [`store`]: the MongoDB consumer database and its stale-safe batched write, whose replies
-//!   are [`outcome`]s; [`classify`]: which of its two ways of learning them to use;
+//!   are [`outcome`]s; [`outcome_policy`]: which of its two ways of learning them to use;
 //! - [`config`], [`telemetry`], [`shutdown`], [`process`]: process plumbing, one place each
 //!   ([`process`] is how every binary starts and ends).
 //!
@@ -13,12 +13,12 @@
 //! API, which never talks to Kafka, does not link librdkafka.
 
 pub mod cached_check;
-pub mod classify;
 pub mod config;
 pub mod document;
 pub mod event;
 pub mod image;
 pub mod outcome;
+pub mod outcome_policy;
 pub mod partitioner;
 pub mod process;
 pub mod shutdown;

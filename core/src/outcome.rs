@@ -61,6 +61,17 @@ pub struct Rejected {
     pub message: String,
 }
 
+impl Rejected {
+    /// The dead letter's reason (`leafsync.error.message`), the same for the stream and the
+    /// backfill.
+    pub fn reason(&self) -> String {
+        format!(
+            "MongoDB refused the document (code {}): {}",
+            self.code, self.message
+        )
+    }
+}
+
 /// What a batched write says about one document.
 pub type WriteResult = Result<Outcome, Rejected>;
 

@@ -14,7 +14,7 @@
 //! commute and unordered is safe: one failing statement never stops the others. The raw
 //! `update` command works on MongoDB 6.0+, unlike `Client::bulk_write`, which needs 8.0.
 //!
-//! # Outcomes from the reply ([`Classify::FromReply`], the stream's way)
+//! # Outcomes from the reply ([`OutcomesFrom::Reply`], the stream's way)
 //! The first command guards with `$lt` (strictly older): a statement listed in the reply's
 //! `upserted` is *inserted*, one not refused replaced an older version (*updated*). The refused
 //! ones (stored version equal or newer, or a concurrent insert of the same id) go once more
@@ -23,10 +23,11 @@
 //! reply's `nModified`, which servers count differently for an identical replacement. An event
 //! that is new or newer than what is stored costs one round trip; a replay or a stale event two.
 //!
-//! # Outcomes from a read ([`Classify::ReadFirst`], a backfill's way)
+//! # Outcomes from a read ([`OutcomesFrom::Read`], while most recent events are replays)
 //! One indexed read of the stored versions labels every event, known-stale events are not
 //! sent, and the rest go guarded with `$lte`. Two round trips always, but a replayed event
 //! costs one statement instead of a refused one and a retry: cheaper when most are replays.
+//! The stream and the backfill alike pick one way per command ([`crate::outcome_policy::Chooser`]).
 
 use std::time::{Duration, Instant};
 
@@ -148,7 +149,7 @@ impl StoreError {
     /// An error of the driver, classified.
     pub fn driver(op: &'static str, e: mongodb::error::Error) -> Self {
         Self {
-            class: classify(&e),
+            class: error_class(&e),
             op,
             cause: Cause::Driver(e),
         }
@@ -196,7 +197,7 @@ fn server_code(e: &mongodb::error::Error) -> Option<i32> {
 }
 
 /// Labels first (the server and driver mark retryable errors), then the error's kind and code.
-fn classify(e: &mongodb::error::Error) -> ErrorClass {
+fn error_class(e: &mongodb::error::Error) -> ErrorClass {
     if e.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
         || e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
         || e.contains_label(mongodb::error::SYSTEM_OVERLOADED_ERROR)
@@ -234,6 +235,8 @@ impl Store {
     /// Connects and waits until the server answers a ping, for at most
     /// `mongo.startup_timeout_ms`.
     pub async fn connect(cfg: &MongoConfig, app: &str) -> Result<Self, StoreError> {
+        // The URI's password is masked (`Secret`'s Display): the operator sees which server.
+        tracing::info!(uri = %cfg.uri, database = %cfg.database, "connecting to MongoDB");
         let store = Self::connect_lazy(cfg, app).await?;
         let deadline = Instant::now() + ms(cfg.startup_timeout_ms);
         loop {
@@ -404,7 +407,7 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
     ) -> Result<Vec<WriteResult>, StoreError> {
-        self.write_batch_with(collection, docs, Classify::FromReply)
+        self.write_batch_with(collection, docs, OutcomesFrom::Reply)
             .await
     }
 
@@ -417,12 +420,12 @@ impl Store {
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
-        classify: Classify,
+        from: OutcomesFrom,
     ) -> Result<Vec<WriteResult>, StoreError> {
-        let (mut outcomes, to_write, guard) = match classify {
-            Classify::ReadFirst => {
+        let (mut outcomes, to_write, guard) = match from {
+            OutcomesFrom::Read => {
                 let outcomes: Vec<WriteResult> = self
-                    .classify(collection, docs)
+                    .predict(collection, docs)
                     .await?
                     .into_iter()
                     .map(Ok)
@@ -433,7 +436,7 @@ impl Store {
                 (outcomes, to_write, Guard::NotNewer)
             }
             // A statement the reply neither lists as upserted nor refuses replaced an older one.
-            Classify::FromReply => (
+            OutcomesFrom::Reply => (
                 vec![Ok(Outcome::Updated); docs.len()],
                 (0..docs.len()).collect(),
                 Guard::Older,
@@ -455,7 +458,7 @@ impl Store {
         // Refused by the unique index: with `$lt`, the stored version is equal or newer; with
         // either guard, perhaps a race with a concurrent insert of the same id (two workers
         // during a rebalance). Once more with `$lte`: matched is a tie, refused again is stale.
-        if classify == Classify::FromReply {
+        if from == OutcomesFrom::Reply {
             for &i in &refused {
                 outcomes[i] = Ok(Outcome::Unchanged);
             }
@@ -509,7 +512,7 @@ impl Store {
     /// What [`write_batch`](Self::write_batch) would do with each document right now
     /// (inserted, updated, unchanged or stale), without writing: one indexed read of the stored
     /// versions. A dry run's answer; a concurrent writer may change it before a real write.
-    pub async fn classify(
+    pub async fn predict(
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
@@ -693,13 +696,13 @@ fn int_field(d: &Document, key: &str) -> Option<usize> {
 }
 
 /// How [`Store::write_batch_with`] learns each event's outcome (see the module docs;
-/// [`crate::classify`] chooses).
+/// [`crate::outcome_policy`] chooses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Classify {
+pub enum OutcomesFrom {
     /// From the write's own reply: one round trip for a new or newer event.
-    FromReply,
+    Reply,
     /// From a read of the stored versions before the write: cheaper when most are replays.
-    ReadFirst,
+    Read,
 }
 
 /// Which stored versions a statement may replace.

@@ -5,7 +5,7 @@ mod common;
 
 use leafsync_core::document::Projection;
 use leafsync_core::event::{ImageEvent, DEFAULT_MAX_EVENT_BYTES};
-use leafsync_core::store::{Classify, ErrorClass, Store, StoreError, DUPLICATE_KEY};
+use leafsync_core::store::{ErrorClass, OutcomesFrom, Store, StoreError, DUPLICATE_KEY};
 use leafsync_core::Outcome::*;
 use leafsync_core::{ImageId, Rejected, Version, WriteResult};
 use leafsync_testkit::Cleanup;
@@ -22,23 +22,23 @@ fn event_doc(id: i64, ts: &str, label: &str) -> Document {
 
 /// `Store::write_batch` with documents built as maps (easier to edit in a test).
 async fn write(s: &Store, docs: &[Document]) -> Result<Vec<WriteResult>, StoreError> {
-    write_with(s, docs, Classify::FromReply).await
+    write_with(s, docs, OutcomesFrom::Reply).await
 }
 
 /// `Store::write_batch_with`, documents as maps.
 async fn write_with(
     s: &Store,
     docs: &[Document],
-    classify: Classify,
+    from: OutcomesFrom,
 ) -> Result<Vec<WriteResult>, StoreError> {
     let raw: Vec<RawDocumentBuf> = docs
         .iter()
         .map(|d| RawDocumentBuf::from_document(d).unwrap())
         .collect();
-    s.write_batch_with("potato", &raw, classify).await
+    s.write_batch_with("potato", &raw, from).await
 }
 
-const BOTH: [Classify; 2] = [Classify::FromReply, Classify::ReadFirst];
+const BOTH: [OutcomesFrom; 2] = [OutcomesFrom::Reply, OutcomesFrom::Read];
 
 /// The stored document's `label`.
 async fn label(s: &Store, id: i64) -> String {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use chrono::TimeDelta;
 use clap::ValueEnum;
-use leafsync_core::classify::{Chooser, OutcomePolicy};
 use leafsync_core::document::Projection;
+use leafsync_core::outcome_policy::{Chooser, OutcomePolicy};
 use leafsync_core::{Config, ImageType, Store};
 use mongodb::bson::RawDocumentBuf;
 use serde::Serialize;
@@ -23,9 +23,9 @@ use crate::generator::{GenConfig, Generator};
 pub enum WriteForm {
     /// The `$lte`-guarded command alone, no outcomes: the ceiling.
     Raw,
-    /// Outcomes from the reply (`Classify::FromReply`).
+    /// Outcomes from the reply (`OutcomesFrom::Reply`).
     Reply,
-    /// Outcomes from a read first (`Classify::ReadFirst`).
+    /// Outcomes from a read first (`OutcomesFrom::Read`).
     Read,
     /// Whichever of the two suits the recent mix (`worker.outcomes = "auto"`, the default).
     Auto,
@@ -236,8 +236,8 @@ impl Writer<'_> {
         match self.chooser {
             None => self.store.write_batch_unclassified(coll, docs).await?,
             Some(chooser) => {
-                let classify = chooser.pick(coll);
-                let outcomes = self.store.write_batch_with(coll, docs, classify).await?;
+                let from = chooser.pick(coll);
+                let outcomes = self.store.write_batch_with(coll, docs, from).await?;
                 chooser.observe(coll, &outcomes);
             }
         }

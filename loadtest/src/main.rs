@@ -11,6 +11,7 @@ use leafsync_core::{process, Config, Store};
 use leafsync_loadtest::expected::Expected;
 use leafsync_loadtest::flood::{flood, progress, FloodConfig};
 use leafsync_loadtest::generator::GenConfig;
+use leafsync_loadtest::report::RunReport;
 use leafsync_loadtest::run::{dead_letter_count, run, RunConfig};
 use leafsync_loadtest::staleness::{mutate_source, MutateConfig};
 use leafsync_loadtest::verify::{wait_until_synced, Report};
@@ -218,6 +219,65 @@ fn print_report(r: &Report, dead_lettered: Option<(i64, u64)>) {
     }
 }
 
+/// Width of the run summary's labels (the longest is `  stage store_offset p50/p99`).
+const W: usize = 30;
+
+/// The `run` summary on stdout: throughput, lag, latency and its stages, batch sizes, the
+/// verification, and where the report is.
+fn print_run_summary(r: &RunReport, out: &std::path::Path) {
+    let ms = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |x| format!("{:.1} ms", x * 1000.0));
+    println!("{:<W$}{}", "events", r.events);
+    println!(
+        "{:<W$}{} / {}",
+        "poison / dead-lettered", r.poison, r.dead_lettered
+    );
+    println!(
+        "{:<W$}{:.0}/s over {:.1} s",
+        "produced", r.produced_per_s, r.flood_seconds
+    );
+    if r.verify.is_exact() {
+        println!(
+            "{:<W$}{:.0}/s ({:.1} s to exact state)",
+            "synced", r.synced_per_s, r.seconds_to_synced
+        );
+    } else {
+        println!(
+            "{:<W$}{:.0}/s (NOT exact after {:.1} s, see below)",
+            "synced", r.synced_per_s, r.seconds_to_synced
+        );
+    }
+    println!("{:<W$}{}", "max lag", r.max_lag);
+    println!(
+        "{:<W$}{} / {} / {} / ≤{}",
+        "latency p50/p90/p99/max",
+        ms(r.latency_p50),
+        ms(r.latency_p90),
+        ms(r.latency_p99),
+        ms(r.latency_max_bound)
+    );
+    for st in &r.stages {
+        println!(
+            "{:<W$}{} / {}",
+            format!("  stage {} p50/p99", st.stage),
+            ms(st.p50),
+            ms(st.p99)
+        );
+    }
+    let n = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |x| format!("{x:.0}"));
+    println!(
+        "{:<W$}{} / {}",
+        "batch size p50/p99",
+        n(r.batch_size.0),
+        n(r.batch_size.1)
+    );
+    print_report(&r.verify, None);
+    println!(
+        "report: {}/report.html ({}/report.json)",
+        out.display(),
+        out.display()
+    );
+}
+
 async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Flood { args, expected } => {
@@ -275,59 +335,7 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
                 out: out.clone(),
             };
             let r = run(&config, rc).await?;
-            let ms = |v: Option<f64>| {
-                v.map_or_else(|| "n/a".into(), |x| format!("{:.1} ms", x * 1000.0))
-            };
-            println!("{:<28}{}", "events", r.events);
-            println!(
-                "{:<28}{} / {}",
-                "poison / dead-lettered", r.poison, r.dead_lettered
-            );
-            println!(
-                "{:<28}{:.0}/s over {:.1} s",
-                "produced", r.produced_per_s, r.flood_seconds
-            );
-            if r.verify.is_exact() {
-                println!(
-                    "{:<28}{:.0}/s ({:.1} s to exact state)",
-                    "synced", r.synced_per_s, r.seconds_to_synced
-                );
-            } else {
-                println!(
-                    "{:<28}{:.0}/s (NOT exact after {:.1} s, see below)",
-                    "synced", r.synced_per_s, r.seconds_to_synced
-                );
-            }
-            println!("{:<28}{}", "max lag", r.max_lag);
-            println!(
-                "{:<28}{} / {} / {} / ≤{}",
-                "latency p50/p90/p99/max",
-                ms(r.latency_p50),
-                ms(r.latency_p90),
-                ms(r.latency_p99),
-                ms(r.latency_max_bound)
-            );
-            for st in &r.stages {
-                println!(
-                    "{:<28}{} / {}",
-                    format!("  stage {} p50/p99", st.stage),
-                    ms(st.p50),
-                    ms(st.p99)
-                );
-            }
-            let n = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |x| format!("{x:.0}"));
-            println!(
-                "{:<28}{} / {}",
-                "batch size p50/p99",
-                n(r.batch_size.0),
-                n(r.batch_size.1)
-            );
-            print_report(&r.verify, None);
-            println!(
-                "report: {}/report.html ({}/report.json)",
-                out.display(),
-                out.display()
-            );
+            print_run_summary(&r, &out);
             Ok(r.verify.is_exact() && r.dead_lettered >= r.poison as i64)
         }
         Command::SeedSource {
@@ -340,40 +348,13 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             jsonl_dir,
             expected,
         } => {
-            let ids_per_type = ids_per_type.unwrap_or((images as i64 / 2).max(1));
-            anyhow::ensure!(
-                ids_per_type.saturating_mul(3) >= images as i64,
-                "--images {images} cannot be reached with --ids-per-type {ids_per_type} (3 types)"
-            );
             let gen = GenConfig {
                 seed,
-                ids_per_type,
+                ids_per_type: ids_per_type.unwrap_or((images as i64 / 2).max(1)),
                 delete_ratio,
                 start: start.unwrap_or_else(|| Utc::now() - chrono::TimeDelta::days(1)),
             };
-            let x = seed::images(gen, images);
-            if let Some(db) = &database {
-                let cfg = leafsync_core::config::MongoConfig {
-                    database: db.clone(),
-                    ..config.mongo.clone()
-                };
-                let source = Store::connect(&cfg, "leafsync-loadtest").await?;
-                seed::to_database(&source, |t| config.types.get(t).collection.clone(), &x).await?;
-                println!("database {db}: {} images", x.images.len());
-            }
-            if let Some(dir) = &jsonl_dir {
-                for (t, path) in seed::to_json_lines(dir, &x)? {
-                    println!("{t}: {}", path.display());
-                }
-            }
-            x.save(&expected)?;
-            println!(
-                "{} images from {} versions; expected state in {}",
-                x.images.len(),
-                x.produced,
-                expected.display()
-            );
-            Ok(true)
+            seed_source(&config, gen, images, database, jsonl_dir, &expected).await
         }
         Command::MutateSource {
             database,
@@ -407,36 +388,85 @@ async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
             sequential,
             concurrency,
         } => {
+            let spec = |batch, form| bench_db::BenchSpec {
+                count,
+                batch,
+                form,
+                stored,
+                concurrency,
+                sequential,
+                keep,
+            };
             for batch in batches {
                 for &form in &forms {
-                    let gen = GenConfig {
-                        seed,
-                        ids_per_type: count as i64,
-                        delete_ratio: 0.0,
-                        start: Utc::now(),
-                    };
-                    let db = database
-                        .clone()
-                        .unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
-                    let spec = bench_db::BenchSpec {
-                        count,
-                        batch,
-                        form,
-                        stored,
-                        concurrency,
-                        sequential,
-                        keep,
-                    };
-                    let r = bench_db::bench_db(&config, gen, spec, &db).await?;
-                    println!(
-                        "bench-db batch={:<6} concurrency={} docs={:<8} {:>8.0} docs/s  ({:.2} s, write={:?}, stored={:?})",
-                        r.batch, r.concurrency, r.docs, r.docs_per_s, r.seconds, r.form, r.stored
-                    );
+                    bench_db_once(&config, seed, spec(batch, form), database.clone()).await?;
                 }
             }
             Ok(true)
         }
     }
+}
+
+/// `seed-source`: writes `images` images of `gen`'s history into a source database and/or JSON
+/// Lines files, and their expected state into `expected`.
+async fn seed_source(
+    config: &Config,
+    gen: GenConfig,
+    images: usize,
+    database: Option<String>,
+    jsonl_dir: Option<PathBuf>,
+    expected: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let ids_per_type = gen.ids_per_type;
+    anyhow::ensure!(
+        ids_per_type.saturating_mul(3) >= images as i64,
+        "--images {images} cannot be reached with --ids-per-type {ids_per_type} (3 types)"
+    );
+    let x = seed::images(gen, images);
+    if let Some(db) = &database {
+        let cfg = leafsync_core::config::MongoConfig {
+            database: db.clone(),
+            ..config.mongo.clone()
+        };
+        let source = Store::connect(&cfg, "leafsync-loadtest").await?;
+        seed::to_database(&source, |t| config.types.get(t).collection.clone(), &x).await?;
+        println!("database {db}: {} images", x.images.len());
+    }
+    if let Some(dir) = &jsonl_dir {
+        for (t, path) in seed::to_json_lines(dir, &x)? {
+            println!("{t}: {}", path.display());
+        }
+    }
+    x.save(expected)?;
+    println!(
+        "{} images from {} versions; expected state in {}",
+        x.images.len(),
+        x.produced,
+        expected.display()
+    );
+    Ok(true)
+}
+
+/// One `bench-db` run: `spec` into `database` (default: a fresh one), its rate on stdout.
+async fn bench_db_once(
+    config: &Config,
+    seed: u64,
+    spec: bench_db::BenchSpec,
+    database: Option<String>,
+) -> anyhow::Result<()> {
+    let gen = GenConfig {
+        seed,
+        ids_per_type: spec.count as i64,
+        delete_ratio: 0.0,
+        start: Utc::now(),
+    };
+    let db = database.unwrap_or_else(|| format!("leafsync_bench_{}", std::process::id()));
+    let r = bench_db::bench_db(config, gen, spec, &db).await?;
+    println!(
+        "bench-db batch={:<6} concurrency={} docs={:<8} {:>8.0} docs/s  ({:.2} s, write={:?}, stored={:?})",
+        r.batch, r.concurrency, r.docs, r.docs_per_s, r.seconds, r.form, r.stored
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

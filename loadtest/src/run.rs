@@ -84,6 +84,86 @@ pub fn dead_letter_count(config: &Config) -> i64 {
         .sum()
 }
 
+/// Per-stage p50/p99 between two scrapes of [`stage_histograms`], and the batch size's.
+fn stages_over_run(
+    start: &BTreeMap<&'static str, BTreeMap<String, f64>>,
+    end: &BTreeMap<&'static str, BTreeMap<String, f64>>,
+) -> (Vec<StageLatency>, (Option<f64>, Option<f64>)) {
+    let over_run = |name: &str| {
+        let h = delta(&end[name], &start[name]);
+        (quantile(&h, 0.5), quantile(&h, 0.99))
+    };
+    let stages = STAGES
+        .iter()
+        .map(|&stage| {
+            let (p50, p99) = over_run(stage);
+            StageLatency {
+                stage: stage.to_owned(),
+                p50,
+                p99,
+            }
+        })
+        .collect();
+    (stages, over_run(BATCH_SIZE))
+}
+
+/// What the run watches once a second while the flood runs and the workers catch up.
+struct Watch {
+    probe: Arc<OffsetProbe>,
+    client: reqwest::Client,
+    urls: Vec<String>,
+    /// Log end and committed offsets before the run.
+    base: (i64, i64),
+    started: Instant,
+    timeout: Duration,
+}
+
+impl Watch {
+    /// Samples produced, committed, lag and the latency of each second until the flood is done
+    /// and everything is committed (or the timeout); returns the samples and when the flood
+    /// ended.
+    async fn sample(
+        &self,
+        flood_task: &tokio::task::JoinHandle<anyhow::Result<crate::expected::Expected>>,
+        mut prev_hist: BTreeMap<String, f64>,
+    ) -> anyhow::Result<(Vec<Sample>, Option<f64>)> {
+        let mut flood_seconds = None;
+        let mut samples: Vec<Sample> = Vec::new();
+        let (mut prev_t, mut prev_produced, mut prev_synced) = (0.0, 0, 0);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if flood_task.is_finished() && flood_seconds.is_none() {
+                flood_seconds = Some(self.started.elapsed().as_secs_f64());
+            }
+            let p = self.probe.clone();
+            let (end, done) = tokio::task::spawn_blocking(move || p.read()).await??;
+            let t = self.started.elapsed().as_secs_f64();
+            let (produced, synced) = (end - self.base.0, done - self.base.1);
+            let hist = latency_buckets(&self.client, &self.urls).await;
+            let interval = hist.as_ref().map(|h| delta(h, &prev_hist));
+            let dt = (t - prev_t).max(0.001);
+            samples.push(Sample {
+                t,
+                produced,
+                committed: synced,
+                lag: end - done,
+                produced_per_s: (produced - prev_produced) as f64 / dt,
+                synced_per_s: (synced - prev_synced) as f64 / dt,
+                p50: interval.as_ref().and_then(|h| quantile(h, 0.5)),
+                p90: interval.as_ref().and_then(|h| quantile(h, 0.9)),
+                p99: interval.as_ref().and_then(|h| quantile(h, 0.99)),
+            });
+            (prev_t, prev_produced, prev_synced) = (t, produced, synced);
+            if let Some(h) = hist {
+                prev_hist = h;
+            }
+            if (flood_seconds.is_some() && end == done) || self.started.elapsed() > self.timeout {
+                return Ok((samples, flood_seconds));
+            }
+        }
+    }
+}
+
 /// Runs the load and writes the report; returns it.
 pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
     let store = Store::connect(&config.mongo, "leafsync-loadtest").await?;
@@ -104,41 +184,15 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
     let fc = rc.flood.clone();
     let cfg = config.clone();
     let flood_task = tokio::spawn(async move { flood(&cfg, &fc, progress(fc.count)).await });
-    let mut flood_seconds = None;
-    let mut samples: Vec<Sample> = Vec::new();
-    let (mut prev_t, mut prev_produced, mut prev_synced) = (0.0, 0, 0);
-    let mut prev_hist = hist_start.clone();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if flood_task.is_finished() && flood_seconds.is_none() {
-            flood_seconds = Some(started.elapsed().as_secs_f64());
-        }
-        let p = probe.clone();
-        let (end, done) = tokio::task::spawn_blocking(move || p.read()).await??;
-        let t = started.elapsed().as_secs_f64();
-        let (produced, synced) = (end - base_end, done - base_done);
-        let hist = latency_buckets(&client, &rc.metrics_urls).await;
-        let interval = hist.as_ref().map(|h| delta(h, &prev_hist));
-        let dt = (t - prev_t).max(0.001);
-        samples.push(Sample {
-            t,
-            produced,
-            committed: synced,
-            lag: end - done,
-            produced_per_s: (produced - prev_produced) as f64 / dt,
-            synced_per_s: (synced - prev_synced) as f64 / dt,
-            p50: interval.as_ref().and_then(|h| quantile(h, 0.5)),
-            p90: interval.as_ref().and_then(|h| quantile(h, 0.9)),
-            p99: interval.as_ref().and_then(|h| quantile(h, 0.99)),
-        });
-        (prev_t, prev_produced, prev_synced) = (t, produced, synced);
-        if let Some(h) = hist {
-            prev_hist = h;
-        }
-        if (flood_seconds.is_some() && end == done) || started.elapsed() > rc.timeout {
-            break;
-        }
-    }
+    let watch = Watch {
+        probe,
+        client: client.clone(),
+        urls: rc.metrics_urls.clone(),
+        base: (base_end, base_done),
+        started,
+        timeout: rc.timeout,
+    };
+    let (samples, flood_seconds) = watch.sample(&flood_task, hist_start.clone()).await?;
     let expected = flood_task.await??;
     std::fs::create_dir_all(&rc.out)?;
     expected.save(&rc.out.join("expected.jsonl"))?;
@@ -160,22 +214,7 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
     };
     let flood_seconds = flood_seconds.unwrap_or(seconds_to_synced);
     let stages_end = stage_histograms(&client, &rc.metrics_urls).await;
-    let over_run = |name: &str| {
-        let h = delta(&stages_end[name], &stages_start[name]);
-        (quantile(&h, 0.5), quantile(&h, 0.99))
-    };
-    let stages = STAGES
-        .iter()
-        .map(|&stage| {
-            let (p50, p99) = over_run(stage);
-            StageLatency {
-                stage: stage.to_owned(),
-                p50,
-                p99,
-            }
-        })
-        .collect();
-    let batch_size = over_run(BATCH_SIZE);
+    let (stages, batch_size) = stages_over_run(&stages_start, &stages_end);
     let report = RunReport {
         events: expected.produced,
         poison: expected.poison,

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use leafsync_core::config::TypesConfig;
+use leafsync_core::version::Version;
 use leafsync_core::{ImageType, Store};
 use mongodb::bson::Document;
 use serde::Serialize;
@@ -81,11 +82,13 @@ pub async fn check(
                     if d == want {
                         r.matched += 1;
                     } else {
+                        // Stale: the stored version would be replaced by the expected one and
+                        // is not the same (core's one version rule).
                         let stored = d
                             .get_datetime("updated_at")
                             .ok()
-                            .map(|x| x.timestamp_millis());
-                        if stored.is_some_and(|s| s < e.updated_at.timestamp_millis()) {
+                            .map(|x| Version::from_bson(*x));
+                        if stored.is_some_and(|s| !s.replaces(Version::of(e.updated_at))) {
                             r.stale.push(name);
                         } else {
                             r.mismatched.push(name);

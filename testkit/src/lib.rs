@@ -148,6 +148,24 @@ impl Drop for PrivateStack {
     }
 }
 
+/// Runs one of Apache Kafka's own command-line tools (`scripts/stack kafka-tool CLASS ARGS…`)
+/// and returns its standard output: an independent view of the broker's state, from the
+/// broker's own code rather than librdkafka's.
+pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let out = Command::new(repo_root().join("scripts/stack"))
+        .arg("kafka-tool")
+        .arg(class)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{class} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Runs an async clean-up when dropped, also when the test fails: each test removes the
 /// databases and topics it created, so a long-lived development stack does not grow with every
 /// `make test`. Drop runs outside any async context (a test's runtime may be gone), so the

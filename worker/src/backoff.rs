@@ -59,13 +59,13 @@ impl Backoff {
 }
 
 /// Runs `op` until it succeeds, emitting a [`RetryScheduled`] (labelled `what` and the class
-/// `classify` gives the error) before each wait. For work that must never be skipped: a write
+/// `class_of` gives the error) before each wait. For work that must never be skipped: a write
 /// whose offset is held until it lands, a dead letter that must reach its topic.
 pub async fn retry_forever<T, E: Display, F, Fut>(
     what: &str,
     backoff: Backoff,
     metrics: &Metrics,
-    classify: impl Fn(&E) -> &'static str,
+    class_of: impl Fn(&E) -> &'static str,
     op: F,
 ) -> T
 where
@@ -73,7 +73,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let never_give_up = |_: E| None::<Infallible>;
-    match retry(what, backoff, metrics, classify, never_give_up, op).await {
+    match retry(what, backoff, metrics, class_of, never_give_up, op).await {
         Ok(v) => v,
         Err(never) => match never {},
     }
@@ -102,7 +102,7 @@ async fn retry<T, E: Display, G, F, Fut>(
     what: &str,
     mut backoff: Backoff,
     metrics: &Metrics,
-    classify: impl Fn(&E) -> &'static str,
+    class_of: impl Fn(&E) -> &'static str,
     give_up: impl Fn(E) -> Option<G>,
     mut op: F,
 ) -> Result<T, G>
@@ -115,7 +115,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let (class, error) = (classify(&e), e.to_string());
+        let (class, error) = (class_of(&e), e.to_string());
         if let Some(g) = give_up(e) {
             return Err(g);
         }

@@ -5,10 +5,70 @@
 
 use std::time::Duration;
 
-use leafsync_core::store::Classify;
+use leafsync_core::store::OutcomesFrom;
 use leafsync_core::{ImageId, Outcome, OutcomeCounts};
 
 use crate::metrics::Metrics;
+
+/// Per-event warnings (a dead letter, a misrouted event) are rate-limited in the log, as Vector's
+/// `internal_log_rate_limit` does: a poison flood would otherwise write one line per event. The
+/// counters still count every event; the log keeps the first [`LogLimit::PER_WINDOW`] of each
+/// kind per window, then says how many it left out.
+#[derive(Debug)]
+pub struct LogLimit {
+    what: &'static str,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)>,
+}
+
+impl LogLimit {
+    /// Lines of one kind logged per window.
+    pub const PER_WINDOW: u32 = 10;
+    /// The window.
+    pub const WINDOW: Duration = Duration::from_secs(10);
+
+    /// A limit for the lines about `what` (e.g. "dead letters").
+    pub const fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            state: std::sync::Mutex::new((None, 0, 0)),
+        }
+    }
+
+    /// Whether to log one more line now; logs the count left out of the window that ended.
+    pub fn allow(&self) -> bool {
+        self.allow_at(std::time::Instant::now())
+    }
+
+    fn allow_at(&self, now: std::time::Instant) -> bool {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, logged, suppressed) = &mut *s;
+        if start.is_none_or(|t| now.duration_since(t) >= Self::WINDOW) {
+            if *suppressed > 0 {
+                tracing::warn!(
+                    suppressed = *suppressed,
+                    "{} more {} not logged in the last {} s (the metrics count every one)",
+                    *suppressed,
+                    self.what,
+                    Self::WINDOW.as_secs()
+                );
+            }
+            (*start, *logged, *suppressed) = (Some(now), 0, 0);
+        }
+        if *logged < Self::PER_WINDOW {
+            *logged += 1;
+            true
+        } else {
+            *suppressed += 1;
+            false
+        }
+    }
+}
+
+static DEAD_LETTER_LOG: LogLimit = LogLimit::new("dead letters");
+static MISROUTED_LOG: LogLimit = LogLimit::new("misrouted events");
 
 /// Something the worker reports.
 pub trait Emit {
@@ -83,6 +143,9 @@ pub struct Misrouted<'a> {
 impl Emit for Misrouted<'_> {
     fn emit(self, m: &Metrics) {
         m.misrouted.with_label_values(&[self.at.topic]).inc();
+        if !MISROUTED_LOG.allow() {
+            return;
+        }
         tracing::warn!(topic = self.at.topic, partition = self.at.partition, offset = self.at.offset,
             key = %String::from_utf8_lossy(self.key),
             "misrouted event: its key hashes to another partition (producer bug; per-image ordering is not guaranteed)");
@@ -206,14 +269,14 @@ pub struct WriteCommand {
     /// Documents in it.
     pub docs: usize,
     /// How its outcomes are learnt (`worker.outcomes`).
-    pub classify: Classify,
+    pub from: OutcomesFrom,
 }
 
 impl Emit for WriteCommand {
     fn emit(self, m: &Metrics) {
-        let outcomes = match self.classify {
-            Classify::FromReply => "reply",
-            Classify::ReadFirst => "read",
+        let outcomes = match self.from {
+            OutcomesFrom::Reply => "reply",
+            OutcomesFrom::Read => "read",
         };
         m.write_command_docs
             .with_label_values(&[outcomes])
@@ -257,6 +320,9 @@ impl Emit for DeadLettered<'_> {
         m.dead_lettered
             .with_label_values(&[self.topic, self.kind])
             .inc();
+        if !DEAD_LETTER_LOG.allow() {
+            return;
+        }
         match self.at {
             Origin::Stream(at) => tracing::warn!(
                 topic = at.topic,
@@ -394,7 +460,8 @@ pub struct BatchTimed {
     /// Queued at the collection's writer: waiting for a permit (`worker.max_in_flight_batches`)
     /// and for the command it is merged into to start.
     pub permit: Duration,
-    /// Gathering the rest of the batch after the permit.
+    /// Gathering the rest of the batch after its first message (before it is handed to the
+    /// writer, so no permit is held meanwhile).
     pub gather: Duration,
     /// Decoding, checking and collapsing (the pure plan).
     pub plan: Duration,
@@ -430,6 +497,18 @@ impl Emit for &BatchTimed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_keeps_the_first_lines_of_a_window_then_starts_again() {
+        let limit = LogLimit::new("things");
+        let t0 = std::time::Instant::now();
+        let allowed = (0..25).filter(|_| limit.allow_at(t0)).count();
+        assert_eq!(allowed, LogLimit::PER_WINDOW as usize);
+        assert_eq!(limit.state.lock().unwrap().2, 15, "15 left out");
+        // A new window: allowed again, and the count starts over.
+        assert!(limit.allow_at(t0 + LogLimit::WINDOW));
+        assert_eq!(limit.state.lock().unwrap().2, 0);
+    }
 
     fn events(m: &Metrics, topic: &str, outcome: &str, via: Via) -> u64 {
         m.events

@@ -5,8 +5,11 @@
 //! and shutdown), [`input`] (a partition's messages, in order), [`plan`] (a batch decoded,
 //! checked and collapsed: pure), [`batch`] (the collapse to the newest event per id),
 //! [`partition`] (one task per partition: gather, plan, settle: write, dead-letter, store the
-//! offset), [`dead_letter`] (bad events), [`events`] (what is logged and counted),
-//! [`admin`] (`/live`, `/ready`, `/metrics`).
+//! offset), [`writer`] (the one database write, and the per-collection writers that merge
+//! ready batches into one command), [`dead_letter`] (bad events), [`supervise`] (what stops
+//! the worker instead of stalling it), [`events`] (what is logged and counted), [`lag`] (the
+//! lag gauges), [`admin`] (`/live`, `/ready`, `/metrics`), [`replay`] (resetting the group's
+//! offsets), [`backfill`] (loading existing images through the same write path).
 
 pub mod admin;
 pub mod backfill;

@@ -1,5 +1,7 @@
-//! The worker's Prometheus metrics. Only the structs in [`crate::events`] touch them: each
-//! observable event both counts and logs there, so logs and metrics never drift apart.
+//! The worker's Prometheus metrics. Counters and histograms of things that happen are touched
+//! only by the structs in [`crate::events`], which count and log in one place, so logs and
+//! metrics never drift apart; the gauges of current state (assigned partitions, lag) are set
+//! where that state changes ([`crate::consumer`], [`crate::lag`]).
 #![allow(clippy::expect_used)] // fixed metric names and labels: a failure is a programming error
 
 use std::collections::HashSet;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leafsync_core::config::ms;
-use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected};
+use leafsync_core::{ImageType, Outcome, OutcomeCounts};
 use leafsync_kafka::admin::partition_count_via;
 use leafsync_kafka::{offsets, trace_context};
 use mongodb::bson::RawDocumentBuf;
@@ -35,17 +35,27 @@ use crate::Shared;
 /// request per topic instead of one per partition (each is a blocking call, and a burst of them
 /// at assignment would start a thread apiece). Entries expire so an added partition is noticed.
 #[derive(Debug, Default)]
-pub struct PartitionCounts(tokio::sync::Mutex<HashMap<String, (Instant, Option<NonZeroU32>)>>);
+pub struct PartitionCounts(std::sync::Mutex<HashMap<String, Arc<CountSlot>>>);
+
+/// One topic's cached count; its lock is held across the request, so the tasks of that topic
+/// wait for one answer while other topics go on.
+type CountSlot = tokio::sync::Mutex<Option<(Instant, Option<NonZeroU32>)>>;
 
 impl PartitionCounts {
     const TTL: Duration = Duration::from_secs(60);
 
     async fn get(&self, consumer: &Arc<LeafConsumer>, topic: &str) -> Option<NonZeroU32> {
-        // Held across the request on purpose: tasks of the same topic wait for one answer.
-        let mut cache = self.0.lock().await;
-        if let Some((at, n)) = cache.get(topic) {
+        let slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(topic.to_owned())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        if let Some((at, n)) = *cached {
             if at.elapsed() < Self::TTL {
-                return *n;
+                return n;
             }
         }
         let (c, t) = (consumer.clone(), topic.to_owned());
@@ -56,7 +66,7 @@ impl PartitionCounts {
         .ok()
         .flatten()
         .and_then(NonZeroU32::new);
-        cache.insert(topic.to_owned(), (Instant::now(), n));
+        *cached = Some((Instant::now(), n));
         n
     }
 }
@@ -392,8 +402,8 @@ impl PartitionTask {
             let msg = &batch[i];
             let outcome = match result {
                 Ok(outcome) => outcome,
-                Err(Rejected { code, message }) => {
-                    let reason = format!("MongoDB refused the document (code {code}): {message}");
+                Err(rejected) => {
+                    let reason = rejected.reason();
                     self.shared
                         .dead_letter
                         .send(msg, "rejected_by_database", &reason, m)

@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leafsync_core::classify::Chooser;
 use leafsync_core::config::Config;
+use leafsync_core::outcome_policy::Chooser;
 use leafsync_core::{Store, WriteResult};
 use mongodb::bson::RawDocumentBuf;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
@@ -280,10 +280,10 @@ pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> Write
             let (store, metrics, retry) = (store.clone(), metrics.clone(), retry.clone());
             let chooser = chooser.clone();
             Box::pin(async move {
-                let classify = chooser.pick(&collection);
+                let from = chooser.pick(&collection);
                 WriteCommand {
                     docs: docs.len(),
-                    classify,
+                    from,
                 }
                 .emit(&metrics);
                 let database = store.database().name().to_owned();
@@ -307,7 +307,7 @@ pub fn write_fn(store: &Store, config: &Config, metrics: &Arc<Metrics>) -> Write
                             span.add_link(l.clone());
                         }
                         store
-                            .write_batch_with(&collection, &docs, classify)
+                            .write_batch_with(&collection, &docs, from)
                             .instrument(span)
                     },
                 )

@@ -78,7 +78,10 @@ async fn a_mongodb_source_of_20000_images_fills_an_empty_database_exactly_and_a_
     let t = Duration::from_secs(240);
 
     let dry = env.backfill("dry", &[&args[..], &["--dry-run"]].concat(), t);
-    assert_eq!((dry.read, dry.inserted, dry.refused), (20_000, 20_000, 0));
+    assert_eq!(
+        (dry.read, dry.inserted, dry.dead_lettered),
+        (20_000, 20_000, 0)
+    );
     for ty in ImageType::ALL {
         let c = &env.config.types.get(ty).collection;
         assert_eq!(
@@ -102,7 +105,7 @@ async fn a_mongodb_source_of_20000_images_fills_an_empty_database_exactly_and_a_
             unchanged: 0,
             stale: 0,
             superseded: 0,
-            refused: 0
+            dead_lettered: 0
         }
     );
     assert_exact(&env, &x).await;
@@ -286,7 +289,7 @@ async fn bad_documents_of_every_kind_reach_the_dead_letter_topic_with_their_sour
         &["--from-mongodb", &uri, "--source-database", &db],
         Duration::from_secs(120),
     );
-    assert_eq!((t.read, t.inserted, t.refused), (60 + 7, 60, 7));
+    assert_eq!((t.read, t.inserted, t.dead_lettered), (60 + 7, 60, 7));
     assert_exact(&env, &x).await;
 
     // The decoder's other kinds only a file can hold, one per line.
@@ -315,7 +318,7 @@ async fn bad_documents_of_every_kind_reach_the_dead_letter_topic_with_their_sour
     std::fs::write(&file, &text).unwrap();
     let spec = format!("tomato={}", file.display());
     let t = env.backfill("jsonl", &["--from-jsonl", &spec], Duration::from_secs(60));
-    assert_eq!((t.read, t.inserted, t.refused), (6, 1, 5));
+    assert_eq!((t.read, t.inserted, t.dead_lettered), (6, 1, 5));
 
     let letters = env.dead_letters(12, Duration::from_secs(30));
     assert_eq!(letters.len(), 12);
@@ -398,7 +401,7 @@ async fn a_json_lines_source_with_a_truncated_last_line_loads_the_rest_and_dead_
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     let t = env.backfill("first", &args, Duration::from_secs(120));
-    assert_eq!((t.read, t.inserted, t.refused), (2_001, 2_000, 1));
+    assert_eq!((t.read, t.inserted, t.dead_lettered), (2_001, 2_000, 1));
     assert_exact(&env, &x).await;
     let letters = env.dead_letters(1, Duration::from_secs(30));
     assert_eq!(letters.len(), 1);
@@ -409,7 +412,7 @@ async fn a_json_lines_source_with_a_truncated_last_line_loads_the_rest_and_dead_
 
     let again = env.backfill("again", &args, Duration::from_secs(120));
     assert_eq!(
-        (again.written(), again.unchanged, again.refused),
+        (again.written(), again.unchanged, again.dead_lettered),
         (0, 2_000, 1)
     );
 }

@@ -79,12 +79,21 @@ async fn kill_9_mid_flood_loses_nothing() {
     let mut expected = Expected::default();
     let events: Vec<_> = env.generator(4, 300).take(20_000).collect();
     let survivor = env.spawn_worker("survivor", &[]);
-    let mut victim = env.spawn_worker("victim-0", &[]);
+    survivor.wait_ready(Duration::from_secs(30)).await;
     for (round, chunk) in events.chunks(5_000).enumerate() {
-        env.produce(chunk.to_vec(), &mut expected).await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        let mut victim = env.spawn_worker(&format!("victim-{round}"), &[]);
+        victim.wait_ready(Duration::from_secs(30)).await;
+        env.produce_paced(chunk.to_vec(), 5, Duration::from_millis(300), &mut expected)
+            .await;
+        // Killed only once it owns partitions and has written: a victim killed before that
+        // would prove nothing.
+        let wrote = victim.wait_events("", 1, Duration::from_secs(30)).await;
+        assert!(
+            wrote > 0,
+            "victim {round} never wrote\n{}",
+            victim.log_tail()
+        );
         victim.kill9();
-        victim = env.spawn_worker(&format!("victim-{}", round + 1), &[]);
     }
     let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
     assert!(r.is_exact(), "{}\n{}", r.summary(), survivor.log_tail());

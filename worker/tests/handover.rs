@@ -16,13 +16,13 @@ use chrono::{DateTime, Utc};
 use common::{TestEnv, Worker};
 use leafsync_loadtest::expected::Expected;
 
-/// Handing a stopping worker's partitions to the rest must take no longer than this (dynamic
-/// membership: the stopping worker leaves the group after draining, within its drain deadline
-/// of 5 s in tests, and the rebalance itself takes well under a second on the stand-in).
-const SCALE_IN_BOUND: Duration = Duration::from_secs(7);
-/// A partition moved to a new worker is idle at most this long (measured: ~1.4 s, about one
+/// A sanity bound, not the figure: handing a stopping worker's partitions over takes its drain
+/// (at most 5 s in tests) plus a rebalance; the measured figure is printed and recorded in
+/// docs/operations.md. Generous, because a shared 2-core CI machine can stall for seconds.
+const SCALE_IN_BOUND: Duration = Duration::from_secs(20);
+/// The same for the idle gap of a partition moved to a new worker (measured ~1–2 s: about one
 /// heartbeat between the two rounds of a cooperative rebalance, plus the new fetch).
-const SCALE_OUT_BOUND: Duration = Duration::from_secs(5);
+const SCALE_OUT_BOUND: Duration = Duration::from_secs(15);
 
 type Partition = (String, i32);
 
@@ -94,6 +94,24 @@ async fn wait_balanced(workers: &[&Worker], total: u64) {
     }
 }
 
+/// Waits until `w` has written, since `since`, as many partitions as it owns.
+async fn wait_written_all_owned(w: &Worker, since: DateTime<Utc>) {
+    let owned = assigned(w).await as usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = written(w, |t| t >= since).len();
+        if n >= owned {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wrote {n} of its {owned} partitions\n{}",
+            w.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `w` has written every partition of `moved` after `t0`; returns per partition
 /// the first such write.
 async fn first_writes(
@@ -141,9 +159,8 @@ async fn scale_in(static_ids: bool) -> Duration {
     wait_balanced(&[&w1, &w2], 18).await;
     // w1's partitions are the ones it writes once the assignment has settled. (Which worker
     // first owned all 18 depends on who joined first, so writes before that say nothing.)
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let settled = Utc::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_written_all_owned(&w1, settled).await;
 
     let t0 = Utc::now();
     w1.signal("-TERM");
@@ -206,7 +223,7 @@ async fn scale_out_moves_partitions_with_a_short_idle_gap() {
     let stop = Arc::new(AtomicBool::new(false));
     let producer = stream(&env, stop.clone());
     wait_balanced(&[&w1], 18).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_written_all_owned(&w1, Utc::now()).await;
 
     let t0 = Utc::now();
     let w2 = env.spawn_worker("w2", &[]);

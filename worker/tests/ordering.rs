@@ -45,17 +45,34 @@ async fn out_of_order_interleaved_and_replayed_events_never_regress() {
         events.push(event(id, 20, "v20-late", false)); // older after newer: stale
         events.push(event(id, 30, "v30", false)); // replay of the same version
     }
+    // Ties with different content: the same updated_at, a different label. The later event of
+    // a tie wins; checked on the stored documents themselves, not through the load tool's model.
+    for id in 41..=50 {
+        events.push(event(id, 30, "v30-tie-later", false));
+    }
     events.push(event(7, 40, "deleted", true));
+    let sent = events.len() as u64;
     env.produce(events, &mut expected).await;
 
     let w = env.spawn_worker("w1", &[]);
     let r = env.wait_synced(&expected, Duration::from_secs(60)).await;
     assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+    let collection = &env.config.types.tomato.collection;
+    for id in [40, 41, 50] {
+        let doc = env
+            .store
+            .get(collection, ImageId::new(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let want = if id > 40 { "v30-tie-later" } else { "v30" };
+        assert_eq!(doc.get_str("label").unwrap(), want, "id {id}: {doc:?}");
+    }
 
     // Later batches: an older event arriving in a later batch is stale too. The state does
     // not change, so only the counter can tell: it must grow by exactly the one event sent.
-    let settled = w.wait_events("", 201, Duration::from_secs(10)).await;
-    assert_eq!(settled, 201, "every event of the first flood settled");
+    let settled = w.wait_events("", sent, Duration::from_secs(10)).await;
+    assert_eq!(settled, sent, "every event of the first flood settled");
     let stale_before = w.events_total("outcome=\"stale\"").await;
     env.produce(vec![event(3, 5, "ancient", false)], &mut expected)
         .await;
@@ -67,7 +84,7 @@ async fn out_of_order_interleaved_and_replayed_events_never_regress() {
         )
         .await;
     assert_eq!(stale, stale_before + 1, "{}", w.log_tail());
-    assert_eq!(w.events_total("").await, 202, "nothing else happened");
+    assert_eq!(w.events_total("").await, sent + 1, "nothing else happened");
     let r = env.wait_synced(&expected, Duration::from_secs(5)).await;
     assert!(r.is_exact(), "{}", r.summary());
     drop(w);
@@ -77,7 +94,7 @@ async fn out_of_order_interleaved_and_replayed_events_never_regress() {
         "replay",
         &[("LEAFSYNC__KAFKA__GROUP_ID", &format!("{}.replay", env.name))],
     );
-    let total = 201 + 1;
+    let total = sent + 1;
     assert_eq!(
         replay.wait_events("", total, Duration::from_secs(60)).await,
         total,

@@ -3,7 +3,7 @@
 //! workers stream.
 //!
 //! Every document goes through the stream's own path: the decoder, the projection, the
-//! collapse ([`crate::plan`]) and the stale-guarded write ([`Store::write_batch`]), so the
+//! collapse ([`crate::plan`]) and the stale-guarded write ([`crate::writer::write_fn`]), so the
 //! newest `updated_at` wins whichever path brought it, an older copy never overwrites a newer
 //! streamed version, and a re-run writes nothing new. Bad documents go to the dead-letter topic
 //! with their source position. Progress is saved per page in a checkpoint collection
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use leafsync_core::config::{Config, Secret};
-use leafsync_core::{ImageType, Outcome, OutcomeCounts, Rejected, Store, StoreError};
+use leafsync_core::{ImageType, Outcome, OutcomeCounts, Store, StoreError};
 use mongodb::bson::RawDocumentBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +61,7 @@ pub struct Options {
     pub batch: usize,
     /// Documents per second over all types; `None`: as fast as the databases go.
     pub rate: Option<f64>,
-    /// Read, decode and classify, but write nothing (no documents, dead letters, checkpoints).
+    /// Read, decode and predict each outcome, but write nothing (no documents, dead letters, checkpoints).
     pub dry_run: bool,
     /// Forget saved checkpoints and start from the beginning.
     pub restart: bool,
@@ -138,37 +138,7 @@ pub async fn run(
         "nothing to backfill: no source given"
     );
     anyhow::ensure!(opts.batch > 0, "--batch must be at least 1");
-    let worker_id = format!("{}-backfill", crate::worker_id(&config));
-    let store = Store::connect(&config.mongo, "leafsync-backfill").await?;
-    let collections: Vec<&str> = opts
-        .sources
-        .iter()
-        .map(|(t, _)| config.types.get(*t).collection.as_str())
-        .collect();
-    if !opts.dry_run {
-        store
-            .ensure_indexes(&collections)
-            .await
-            .context("cannot create the unique index on `id`")?;
-    }
-    let fatal = crate::supervise::Fatal::new(shutdown.clone());
-    let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
-        .context("cannot create the dead-letter producer")?;
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    // Pages are full batches already: each is written on its own.
-    let writers =
-        crate::writer::Writers::direct(crate::writer::write_fn(&store, &config, &metrics));
-    let shared = Arc::new(Shared {
-        writers,
-        config,
-        store: store.clone(),
-        dead_letter,
-        metrics,
-        health: crate::health::Health::default(),
-        worker_id,
-        partition_counts: crate::partition::PartitionCounts::default(),
-        fatal,
-    });
+    let shared = connect(config, &opts, &shutdown).await?;
     // Nothing to join: ready as soon as the database answers.
     shared.health.set_joined();
     let admin_stop = shutdown.child_token();
@@ -185,7 +155,7 @@ pub async fn run(
     let ctx = Ctx {
         shared: &shared,
         opts: &opts,
-        checkpoints: Checkpoints::new(store, &opts.checkpoint_collection),
+        checkpoints: Checkpoints::new(shared.store.clone(), &opts.checkpoint_collection),
         pacer: Pacer::new(opts.rate),
         progress: Progress::new(),
         shutdown: &shutdown,
@@ -212,6 +182,46 @@ pub async fn run(
         types,
         interrupted: shutdown.is_cancelled(),
     })
+}
+
+/// Connects to the consumer database (creating its indexes unless a dry run) and the
+/// dead-letter topic: the state a backfill shares with the stream's write path.
+async fn connect(
+    config: Config,
+    opts: &Options,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Shared>> {
+    let worker_id = format!("{}-backfill", crate::worker_id(&config));
+    let store = Store::connect(&config.mongo, "leafsync-backfill").await?;
+    let collections: Vec<&str> = opts
+        .sources
+        .iter()
+        .map(|(t, _)| config.types.get(*t).collection.as_str())
+        .collect();
+    if !opts.dry_run {
+        store
+            .ensure_indexes(&collections)
+            .await
+            .context("cannot create the unique index on `id`")?;
+    }
+    let fatal = crate::supervise::Fatal::new(shutdown.clone());
+    let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
+        .context("cannot create the dead-letter producer")?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    // Pages are full batches already: each is written on its own.
+    let writers =
+        crate::writer::Writers::direct(crate::writer::write_fn(&store, &config, &metrics));
+    Ok(Arc::new(Shared {
+        writers,
+        config,
+        store,
+        dead_letter,
+        metrics,
+        health: crate::health::Health::default(),
+        worker_id,
+        partition_counts: crate::partition::PartitionCounts::default(),
+        fatal,
+    }))
 }
 
 /// Opens the source of one type and backfills it.
@@ -446,16 +456,15 @@ async fn settle(
         .map(|w| (w.msg, w.doc))
         .unzip();
     let results = if ctx.opts.dry_run {
-        classify(ctx, collection, &docs).await
+        predict(ctx, collection, &docs).await
     } else {
         shared.writers.write(collection, docs).await.results
     };
     for (&i, result) in index.iter().zip(results) {
         match result {
             Ok(outcome) => counts.add(outcome),
-            Err(Rejected { code, message }) => {
-                let reason = format!("MongoDB refused the document (code {code}): {message}");
-                dead_letter(ctx, t, &p, i, "rejected_by_database", &reason).await?;
+            Err(rejected) => {
+                dead_letter(ctx, t, &p, i, "rejected_by_database", &rejected.reason()).await?;
                 counts.add(Outcome::DeadLettered);
             }
         }
@@ -469,7 +478,7 @@ async fn settle(
 }
 
 /// A dry run's answer for `docs`: what a write would do now.
-async fn classify(
+async fn predict(
     ctx: &Ctx<'_>,
     collection: &str,
     docs: &[RawDocumentBuf],
@@ -482,7 +491,7 @@ async fn classify(
         Backoff::from_config(&ctx.shared.config.worker.retry),
         &ctx.shared.metrics,
         |e: &StoreError| e.class.as_str(),
-        || ctx.shared.store.classify(collection, docs),
+        || ctx.shared.store.predict(collection, docs),
     )
     .await;
     outcomes.into_iter().map(Ok).collect()

@@ -73,7 +73,7 @@ impl TypeProgress {
         if let Some(b) = &self.bar {
             b.set_position(at);
             b.set_message(format!(
-                "written {} refused {}",
+                "written {} dead-lettered {}",
                 counts.get(Outcome::Inserted) + counts.get(Outcome::Updated),
                 counts.get(Outcome::DeadLettered)
             ));
@@ -160,7 +160,7 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>8} {:>8}  source",
+        "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>13} {:>8}  source",
         "type",
         "state",
         "read",
@@ -169,7 +169,7 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
         "unchanged",
         "stale",
         "superseded",
-        "refused",
+        "dead_lettered",
         "docs/s"
     );
     let mut total = OutcomeCounts::default();
@@ -177,7 +177,7 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
         total.merge(&s.counts);
         let _ = writeln!(
             out,
-            "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>8} {:>8.0}  {}{}",
+            "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>13} {:>8.0}  {}{}",
             s.t.as_str(),
             s.state(),
             s.counts.total(),
@@ -196,7 +196,7 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>8}",
+        "{:<7} {:<8} {:>9} {:>9} {:>8} {:>9} {:>7} {:>10} {:>13}",
         "total",
         "",
         total.total(),
@@ -217,7 +217,7 @@ pub fn render(summaries: &[TypeSummary], dry_run: bool) -> String {
         .any(|s| s.counts.get(Outcome::DeadLettered) > 0)
         && !dry_run
     {
-        out.push_str("refused documents are on the dead-letter topic with leafsync.source=backfill and their position\n");
+        out.push_str("dead-lettered documents are on the dead-letter topic with leafsync.source=backfill and their position\n");
     }
     out
 }

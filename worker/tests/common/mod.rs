@@ -332,7 +332,7 @@ pub struct Totals {
     pub unchanged: u64,
     pub stale: u64,
     pub superseded: u64,
-    pub refused: u64,
+    pub dead_lettered: u64,
 }
 
 impl Totals {
@@ -356,7 +356,7 @@ impl Totals {
             unchanged: n[3],
             stale: n[4],
             superseded: n[5],
-            refused: n[6],
+            dead_lettered: n[6],
         }
     }
 
@@ -411,7 +411,11 @@ impl Worker {
     pub async fn wait_events(&self, filter: &str, at_least: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
-            let n = self.events_total(filter).await;
+            // Not answering yet (still starting) counts as nothing counted.
+            let n = self
+                .try_metric_total("leafsync_worker_events_total", filter)
+                .await
+                .unwrap_or(0);
             if n >= at_least || Instant::now() >= deadline {
                 return n;
             }
@@ -443,12 +447,30 @@ impl Worker {
 
     /// Sum of the samples of `metric` (a full sample name, e.g. `…_count`) whose labels contain
     /// `filter`.
+    /// Panics when `/metrics` does not answer: a dead worker must not read as "0 dead-lettered".
     pub async fn metric_total(&self, metric: &str, filter: &str) -> u64 {
-        let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        self.try_metric_total(metric, filter)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "the worker's /metrics does not answer (did it exit?)\n{}",
+                    self.log_tail()
+                )
+            })
+    }
+
+    /// [`metric_total`](Self::metric_total), or `None` when `/metrics` does not answer 200.
+    pub async fn try_metric_total(&self, metric: &str, filter: &str) -> Option<u64> {
+        let (status, body) = self.get("/metrics").await?;
+        if status != 200 {
+            return None;
+        }
         let prefix = format!("{metric}{{");
-        body.lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with(&prefix) && l.contains(filter))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
     }
 }

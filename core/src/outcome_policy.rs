@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{Outcome, WriteResult};
-use crate::store::Classify;
+use crate::store::OutcomesFrom;
 
 /// `worker.outcomes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,7 +36,7 @@ const READ_ABOVE: f64 = 0.5;
 /// one odd command does not.
 const WEIGHT: f64 = 0.25;
 
-/// Picks [`Classify`] per collection under an [`OutcomePolicy`].
+/// Picks [`OutcomesFrom`] per collection under an [`OutcomePolicy`].
 #[derive(Debug)]
 pub struct Chooser {
     policy: OutcomePolicy,
@@ -54,16 +54,16 @@ impl Chooser {
     }
 
     /// The way to use for the next command to `collection`.
-    pub fn pick(&self, collection: &str) -> Classify {
+    pub fn pick(&self, collection: &str) -> OutcomesFrom {
         match self.policy {
-            OutcomePolicy::Reply => Classify::FromReply,
-            OutcomePolicy::Read => Classify::ReadFirst,
+            OutcomePolicy::Reply => OutcomesFrom::Reply,
+            OutcomePolicy::Read => OutcomesFrom::Read,
             OutcomePolicy::Auto => {
                 let share = self.lock().get(collection).copied().unwrap_or(0.0);
                 if share > READ_ABOVE {
-                    Classify::ReadFirst
+                    OutcomesFrom::Read
                 } else {
-                    Classify::FromReply
+                    OutcomesFrom::Reply
                 }
             }
         }
@@ -111,21 +111,21 @@ mod tests {
     #[test]
     fn auto_starts_from_the_reply_and_follows_the_mix_per_collection() {
         let c = Chooser::new(OutcomePolicy::Auto);
-        assert_eq!(c.pick("potato"), Classify::FromReply);
+        assert_eq!(c.pick("potato"), OutcomesFrom::Reply);
         // One command of replays among new events does not switch…
         c.observe("potato", &command(0, 400, 100));
-        assert_eq!(c.pick("potato"), Classify::FromReply);
+        assert_eq!(c.pick("potato"), OutcomesFrom::Reply);
         // …a run of them does, and only for that collection.
         for _ in 0..3 {
             c.observe("potato", &command(10, 300, 190));
         }
-        assert_eq!(c.pick("potato"), Classify::ReadFirst);
-        assert_eq!(c.pick("tomato"), Classify::FromReply);
+        assert_eq!(c.pick("potato"), OutcomesFrom::Read);
+        assert_eq!(c.pick("tomato"), OutcomesFrom::Reply);
         // Back to new events: back to the reply.
         for _ in 0..4 {
             c.observe("potato", &command(500, 0, 0));
         }
-        assert_eq!(c.pick("potato"), Classify::FromReply);
+        assert_eq!(c.pick("potato"), OutcomesFrom::Reply);
     }
 
     #[test]
@@ -134,7 +134,7 @@ mod tests {
         for _ in 0..4 {
             c.observe("potato", &command(0, 10, 0));
         }
-        assert_eq!(c.pick("potato"), Classify::ReadFirst);
+        assert_eq!(c.pick("potato"), OutcomesFrom::Read);
         let rejected = Err(Rejected {
             code: 10334,
             message: "too large".into(),
@@ -143,14 +143,14 @@ mod tests {
             c.observe("potato", &[]);
             c.observe("potato", std::slice::from_ref(&rejected));
         }
-        assert_eq!(c.pick("potato"), Classify::ReadFirst);
+        assert_eq!(c.pick("potato"), OutcomesFrom::Read);
     }
 
     #[test]
     fn fixed_policies_never_switch() {
         for (policy, way) in [
-            (OutcomePolicy::Reply, Classify::FromReply),
-            (OutcomePolicy::Read, Classify::ReadFirst),
+            (OutcomePolicy::Reply, OutcomesFrom::Reply),
+            (OutcomePolicy::Read, OutcomesFrom::Read),
         ] {
             let c = Chooser::new(policy);
             for _ in 0..10 {
