@@ -236,7 +236,7 @@ impl Store {
     /// `mongo.startup_timeout_ms`.
     pub async fn connect(cfg: &MongoConfig, app: &str) -> Result<Self, StoreError> {
         // The URI's password is masked (`Secret`'s Display): the operator sees which server.
-        tracing::info!(uri = %cfg.uri, database = %cfg.database, "connecting to MongoDB");
+        tracing::debug!(uri = %cfg.uri, database = %cfg.database, "connecting to MongoDB");
         let store = Self::connect_lazy(cfg, app).await?;
         let deadline = Instant::now() + ms(cfg.startup_timeout_ms);
         loop {

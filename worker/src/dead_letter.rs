@@ -233,10 +233,10 @@ impl DeadLetter {
         let payload = letter.payload.unwrap_or_default();
         // The value's length kept after a size refusal, and the headers that say so.
         let mut kept: Option<usize> = None;
+        let original = payload.len().to_string();
         loop {
             let mut headers = headers.clone();
             let mut value = letter.payload;
-            let original = payload.len().to_string();
             if let Some(n) = kept {
                 value = Some(&payload[..n]);
                 for (key, v) in [
