@@ -36,6 +36,11 @@ for overlay in ["local", "gke"]:
           r.returncode == 0, (r.stdout + r.stderr)[-2000:])
 
     check(f"{overlay}: no Secret is inlined", not [d for d in docs if d["kind"] == "Secret"])
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                      "PriorityClass", "StorageClass", "ClusterTriggerAuthentication"}
+    homeless = [f'{d["kind"]}/{d["metadata"]["name"]}' for d in docs
+                if d["kind"] not in cluster_scoped and not d["metadata"].get("namespace")]
+    check(f"{overlay}: every namespaced object names its namespace", not homeless, ", ".join(homeless))
 
     cm = find(docs, "ConfigMap", next(d["metadata"]["name"] for d in docs
                                       if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("leafsync-config")))
@@ -77,6 +82,39 @@ for overlay in ["local", "gke"]:
               and sc["capabilities"]["drop"] == ["ALL"]
               and dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
               and dep["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault")
+    api_pod = find(docs, "Deployment", "leafsync-api")["spec"]["template"]["spec"]
+    api_grace = api_pod["terminationGracePeriodSeconds"]
+    pre_stop = api_pod["containers"][0].get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    check(f"{overlay}: the API keeps serving while the load balancer drops it (preStop sleep ≥ 10 s)",
+          pre_stop >= 10, f"preStop sleep {pre_stop}s")
+    check(f"{overlay}: API grace period ({api_grace}s) exceeds its preStop sleep plus api.request_timeout_ms",
+          api_grace * 1000 > pre_stop * 1000 + loaded["api"]["request_timeout_ms"])
+    # The replay runbook's variants of the CronJob's env (docs/operations.md, "Replay"), each through
+    # the binary's own argument parser: clap counts an env value, even "false", as given, so a
+    # variant that leaves two exclusive flags set fails before doing anything.
+    replay = find(docs, "CronJob", "leafsync-replay")
+    job_env = {e["name"]: e["value"] for e in replay["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+               ["containers"][0]["env"] if "value" in e}
+    runbook = Path("docs/operations.md").read_text()
+    variants = {"plan": ("", {}),
+                "run": ("LEAFSYNC_REPLAY_DRY_RUN=false", {"LEAFSYNC_REPLAY_DRY_RUN": "false"}),
+                "to a point in time": ("LEAFSYNC_REPLAY_TO_EARLIEST- LEAFSYNC_REPLAY_TO_DATETIME=2026-11-01T00:00:00Z",
+                                       {"LEAFSYNC_REPLAY_DRY_RUN": "false", "LEAFSYNC_REPLAY_TO_EARLIEST": None,
+                                        "LEAFSYNC_REPLAY_TO_DATETIME": "2026-11-01T00:00:00Z"})}
+    for what, (command, change) in variants.items():
+        env = {**job_env, **change}
+        env = {k: v for k, v in env.items() if v is not None}
+        # An unreachable broker: the run stops at its first Kafka call, after parsing.
+        env.update({"PATH": "/usr/bin:/bin", "LEAFSYNC__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+        try:
+            r = subprocess.run([str(bin_dir / "leafsync-worker"), "--config", f.name, "replay"], env=env,
+                               capture_output=True, text=True, timeout=3)
+            usage_error = r.returncode == 2 and "Usage:" in r.stderr
+            detail = r.stderr.strip()[-300:]
+        except subprocess.TimeoutExpired:
+            usage_error, detail = False, ""
+        check(f"{overlay}: replay runbook variant '{what}' is in the runbook and passes the binary's parser",
+              command in runbook and not usage_error, detail or f"{command!r} not in docs/operations.md")
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     check(f"{overlay}: worker grace period ({grace}s) exceeds worker.drain_timeout_ms",
           grace * 1000 > loaded["worker"]["drain_timeout_ms"])
