@@ -201,6 +201,24 @@ for overlay in ["local", "gke"]:
         check(f"{overlay}: {name} pods are selected by an egress policy (own label)",
               labels.get("app.kubernetes.io/name") == name
               and any(selects(p, labels, "Egress") and p["metadata"]["name"] != "default-deny" for p in policies))
+    # A private CA (Strimzi's cluster CA is self-signed): every Kafka client reads the optional
+    # `kafka-ca-pem` key of the Secret, so SASL_SSL works by adding one key.
+    def ca_key(container, var):
+        ref = {e["name"]: e for e in container.get("env", [])}.get(var, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        return ref.get("name") == "leafsync-secrets" and ref.get("key") == "kafka-ca-pem"
+    pods = {"leafsync-worker": worker["spec"]["template"],
+            "leafsync-replay": find(docs, "CronJob", "leafsync-replay")["spec"]["jobTemplate"]["spec"]["template"],
+            "leafsync-backfill": find(docs, "CronJob", "leafsync-backfill")["spec"]["jobTemplate"]["spec"]["template"]}
+    for name, pod in pods.items():
+        check(f"{overlay}: {name} gets the Kafka CA from the Secret (ssl.ca.pem)",
+              ca_key(pod["spec"]["containers"][0], "LEAFSYNC__KAFKA__PROPERTIES__SSL_CA_PEM"))
+    topics_job = find(docs, "Job", "leafsync-topics")["spec"]["template"]["spec"]["containers"][0]
+    check(f"{overlay}: the topics Job gets the Kafka CA and trusts it",
+          ca_key(topics_job, "SSL_CA_PEM") and "ssl.truststore.location" in topics_job["args"][0])
+    ta = find(docs, "TriggerAuthentication", "leafsync-kafka")
+    if ta:
+        check(f"{overlay}: KEDA's TriggerAuthentication passes the Kafka CA (`ca`)",
+              any(r["parameter"] == "ca" and r["key"] == "kafka-ca-pem" for r in ta["spec"]["secretTargetRef"]))
     bf = find(docs, "CronJob", "leafsync-backfill")["spec"]["jobTemplate"]["spec"]["template"]
     bc = bf["spec"]["containers"][0]
     bport = int({e["name"]: e for e in bc["env"]}["LEAFSYNC_BACKFILL_ADMIN_ADDR"]["value"].rsplit(":", 1)[1])
