@@ -8,6 +8,14 @@
 //! taken is never processed out of order: [`Input::next`] reports it as [`Next::Late`], and the
 //! task rewinds the partition to it (drops the batch in hand and seeks back), so it and
 //! everything after it are redelivered in order and replayed idempotently.
+//!
+//! After a rewind the stragglers are done with: the seek re-fetches everything from the late
+//! offset on through the partition's own queue (librdkafka drops what the main queue still holds
+//! from before it: the seek bumps the partition's op version, and a fetch op of an older version
+//! is discarded when consumed; librdkafka 2.12.1 `rdkafka_partition.h` ~1062, `rdkafka_queue.c`
+//! ~796, `rdkafka.c` ~3285), so whatever the straggler channel
+//! still holds, or receives later, is from before the seek and is dropped. Taking it would put a
+//! later offset ahead of the rewound one, and store an offset past events not yet written.
 
 use std::future::Future;
 use std::time::Duration;
@@ -71,6 +79,8 @@ pub struct Input<M, Q> {
     stragglers: mpsc::UnboundedReceiver<M>,
     queue: Q,
     highest: Option<i64>,
+    /// Set by the first rewind: stragglers are dropped from then on.
+    rewound: bool,
 }
 
 impl<M: Positioned, Q: PartitionQueue<M>> Input<M, Q> {
@@ -80,15 +90,22 @@ impl<M: Positioned, Q: PartitionQueue<M>> Input<M, Q> {
             stragglers,
             queue,
             highest: None,
+            rewound: false,
         }
     }
 
     /// The next message. Cancel-safe: a message is taken only when this returns.
     pub async fn next(&mut self) -> Next<M> {
-        let m = tokio::select! {
-            biased;
-            Some(m) = self.stragglers.recv() => m,
-            m = self.queue.recv() => m,
+        let m = if self.rewound {
+            // From before the seek: dropped (see the module docs).
+            while self.stragglers.try_recv().is_ok() {}
+            self.queue.recv().await
+        } else {
+            tokio::select! {
+                biased;
+                Some(m) = self.stragglers.recv() => m,
+                m = self.queue.recv() => m,
+            }
         };
         let offset = m.offset();
         match self.highest {
@@ -100,9 +117,12 @@ impl<M: Positioned, Q: PartitionQueue<M>> Input<M, Q> {
         }
     }
 
-    /// The partition was rewound (seeked back): offsets before the highest taken come again.
+    /// The partition was rewound (seeked back): offsets before the highest taken come again,
+    /// through the partition's queue only.
     pub fn rewound(&mut self) {
         self.highest = None;
+        self.rewound = true;
+        while self.stragglers.try_recv().is_ok() {}
     }
 }
 
@@ -182,8 +202,35 @@ mod tests {
             assert_eq!(input.next().await, Next::InOrder(M(o)));
         }
         // A duplicate of what was just taken is late too (replayed, never reordered).
-        stragglers.send(M(10)).unwrap();
+        queue.send(M(10)).unwrap();
         assert!(matches!(input.next().await, Next::Late { seen: 10, .. }));
+    }
+
+    #[tokio::test]
+    async fn after_a_rewind_stragglers_from_before_the_seek_are_dropped_not_taken() {
+        // Seen on Kafka at a worker's start: the main queue held a run of the partition's
+        // messages fetched before the split; the first of them came late, and the rest were
+        // still in the straggler channel when the partition was rewound.
+        let (stragglers, queue, mut input) = input();
+        queue.send(M(10)).unwrap();
+        assert_eq!(input.next().await, Next::InOrder(M(10)));
+        for o in 7..=9 {
+            stragglers.send(M(o)).unwrap();
+        }
+        assert!(matches!(
+            input.next().await,
+            Next::Late { message: M(7), .. }
+        ));
+        input.rewound();
+        // The seek redelivers from 7 through the partition's queue; 8 and 9 from before it, and
+        // any straggler still routed afterwards, must not be taken ahead of 7.
+        for o in 7..=10 {
+            queue.send(M(o)).unwrap();
+        }
+        stragglers.send(M(9)).unwrap();
+        for o in 7..=10 {
+            assert_eq!(input.next().await, Next::InOrder(M(o)));
+        }
     }
 
     #[tokio::test]

@@ -43,7 +43,7 @@ async fn assert_exact(env: &TestEnv, x: &Expected) {
     assert!(r.is_exact(), "{}", r.summary());
 }
 
-/// Every checkpoint document, by type.
+/// Every checkpoint document, by its `_id` (type and source).
 async fn checkpoints(store: &Store) -> HashMap<String, Document> {
     use futures::TryStreamExt as _;
     store
@@ -55,11 +55,15 @@ async fn checkpoints(store: &Store) -> HashMap<String, Document> {
         .await
         .unwrap()
         .into_iter()
-        .map(|d| (d.get_str("type").unwrap().to_owned(), d))
+        .map(|d| (d.get_str("_id").unwrap().to_owned(), d))
         .collect()
 }
 
+/// A count of a checkpoint; 0 for one that holds only a lease (taken before its first page).
 fn count(d: &Document, path: &[&str]) -> u64 {
+    if !d.contains_key("position") {
+        return 0;
+    }
     let mut d = d;
     for k in &path[..path.len() - 1] {
         d = d.get_document(k).unwrap();
@@ -219,11 +223,44 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     let at_kill = checkpoints(&env.store).await;
     let saved_read: u64 = at_kill.values().map(|d| count(d, &["read"])).sum();
     assert!(saved_read >= saved && saved_read < 20_000, "{saved_read}");
-    assert!(at_kill.values().all(|d| !d.get_bool("finished").unwrap()));
+    assert!(at_kill
+        .values()
+        .all(|d| !d.get_bool("finished").unwrap_or(false)));
 
+    // The killed run still holds the checkpoints' leases (for two minutes): a plain second run
+    // is refused, and one that is told the first is gone takes over.
+    let mut refused = env.spawn_backfill(
+        "refused",
+        &["--from-mongodb", &uri, "--source-database", &db],
+        &[],
+    );
+    let status = refused.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "refused while the lease is held: {status:?}\n{}",
+        refused.log_tail()
+    );
+    assert!(
+        refused
+            .log_text()
+            .contains("another backfill holds the checkpoint"),
+        "{}",
+        refused.log_tail()
+    );
+    assert_eq!(
+        checkpoints(&env.store).await,
+        at_kill,
+        "the refused run changed no checkpoint"
+    );
     let second = env.backfill(
         "second",
-        &["--from-mongodb", &uri, "--source-database", &db],
+        &[
+            "--from-mongodb",
+            &uri,
+            "--source-database",
+            &db,
+            "--take-over",
+        ],
         Duration::from_secs(240),
     );
     assert_eq!(
@@ -245,6 +282,10 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_checkpoint() {
     assert_eq!(pass_read, 20_000, "the pass read every document once");
     assert_eq!(pass_written + second.unchanged, 20_000, "{done:?}");
     assert!(done.values().all(|d| d.get_bool("finished").unwrap()));
+    assert!(
+        done.values().all(|d| d.get("lease").is_none()),
+        "a run that ended released its leases: {done:?}"
+    );
     assert_exact(&env, &x).await;
 }
 

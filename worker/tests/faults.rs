@@ -126,18 +126,32 @@ async fn sigterm_mid_flood_drains_commits_and_exits_cleanly() {
         committed > 0 && committed < end,
         "stopped mid-backlog: committed {committed} of {end}"
     );
+    // Exactly what it wrote is committed, partition by partition: its own log against Kafka's
+    // view of the group (the broker's consumer-group tool).
+    let written = w.last_written();
+    let view = common::kafka_group_view(
+        &env.config.kafka.bootstrap_servers,
+        &env.config.kafka.group_id,
+    );
+    assert!(!written.is_empty());
+    for (p, last) in &written {
+        assert_eq!(
+            view.get(p).and_then(|r| r.committed),
+            Some(last + 1),
+            "{p:?}: wrote up to {last}; Kafka's view: {view:?}"
+        );
+    }
     env.produce(events[20_000..].to_vec(), &mut expected).await;
     let w2 = env.spawn_worker("w2", &[]);
     let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
     assert!(r.is_exact(), "{}", r.summary());
-    let total = 30_000;
-    let expect_second = (total - committed) as u64;
-    w2.wait_events("", expect_second, Duration::from_secs(30))
-        .await;
-    let redelivered = w2.events_total("").await as i64 - (total - committed);
-    println!("sigterm after {took:?}: committed {committed} of {end}; redelivered after restart: {redelivered}");
-    assert_eq!(
-        redelivered, 0,
-        "committed offsets cover exactly what was written"
+    // The restart settles at least everything left uncommitted. (More only when it rewinds a
+    // partition at start, which re-takes what it had already taken: counted, not lost.)
+    let left = (30_000 - committed) as u64;
+    assert!(w2.wait_events("", left, Duration::from_secs(30)).await >= left);
+    println!(
+        "sigterm after {took:?}: committed {committed} of {end}; the restart settled {} for {left} left, with {} rewinds",
+        w2.events_total("").await,
+        w2.metric_total("leafsync_worker_rewinds_total", "").await
     );
 }

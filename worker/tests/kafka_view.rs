@@ -7,34 +7,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{PrivateStack, TestEnv, Worker};
+use common::{kafka_group_view, PrivateStack, TestEnv, Worker};
 use leafsync_loadtest::expected::Expected;
-use leafsync_testkit::kafka_tool;
 
-/// `(topic, partition) → lag` as Kafka's consumer-group tool reports it (`-` when the group has
-/// no committed offset there).
+/// `(topic, partition) → lag` as Kafka's consumer-group tool reports it (`None`: `-`, no
+/// committed offset).
 fn kafka_lag(bootstrap: &str, group: &str) -> BTreeMap<(String, i32), Option<i64>> {
-    let out = kafka_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-    );
-    // Columns: GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
-    out.lines()
-        .map(str::split_whitespace)
-        .map(Iterator::collect::<Vec<_>>)
-        .filter(|cols| cols.len() >= 6 && cols[0] == group)
-        .map(|cols| {
-            (
-                (cols[1].to_owned(), cols[2].parse().unwrap()),
-                cols[5].parse().ok(),
-            )
-        })
+    kafka_group_view(bootstrap, group)
+        .into_iter()
+        .map(|(k, row)| (k, row.lag))
         .collect()
 }
 

@@ -49,6 +49,11 @@ pub struct Args {
     /// Forget the saved checkpoint and start from the beginning.
     #[arg(long, env = "LEAFSYNC_BACKFILL_RESTART")]
     pub restart: bool,
+    /// Take the checkpoint's lease even while another run holds it: only when that run is
+    /// known to be gone (e.g. its pod was killed), since two runs would overwrite each
+    /// other's progress. An abandoned lease also expires by itself after two minutes.
+    #[arg(long, env = "LEAFSYNC_BACKFILL_TAKE_OVER")]
+    pub take_over: bool,
     /// The checkpoint collection in the consumer database.
     #[arg(
         long,
@@ -138,6 +143,7 @@ impl Args {
             rate: (self.rate > 0.0).then_some(self.rate),
             dry_run: self.dry_run,
             restart: self.restart,
+            take_over: self.take_over,
             checkpoint_collection: self.checkpoint_collection,
             admin_addr: self.admin_addr,
         })

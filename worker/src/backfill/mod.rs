@@ -32,7 +32,7 @@ use crate::dead_letter::Undeliverable;
 use crate::events::{BackfillPageSettled, BatchReceived, Emit, Via};
 use crate::plan::{plan, Consumed, Plan, Rules};
 use crate::Shared;
-use checkpoint::{Checkpoint, Checkpoints};
+use checkpoint::{Checkpoint, Checkpoints, Held, LeaseError};
 use progress::{Progress, TypeSummary};
 use source::{JsonLinesSource, Location, MongoSource, Record, Source, SourceError};
 
@@ -65,6 +65,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Forget saved checkpoints and start from the beginning.
     pub restart: bool,
+    /// Take a checkpoint's lease even while another run holds it.
+    pub take_over: bool,
     /// The checkpoint collection in the consumer database.
     pub checkpoint_collection: String,
     /// Serve `/live`, `/ready`, `/metrics` here while running (a Job's metrics).
@@ -155,7 +157,13 @@ pub async fn run(
     let ctx = Ctx {
         shared: &shared,
         opts: &opts,
-        checkpoints: Checkpoints::new(shared.store.clone(), &opts.checkpoint_collection),
+        // This run's name on the checkpoints' leases: the worker id plus a random part, so a
+        // restarted process (same host and pid) is another run.
+        checkpoints: Checkpoints::new(
+            shared.store.clone(),
+            &opts.checkpoint_collection,
+            &format!("{}-{:08x}", shared.worker_id, rand::random::<u32>()),
+        ),
         pacer: Pacer::new(opts.rate),
         progress: Progress::new(),
         shutdown: &shutdown,
@@ -326,12 +334,22 @@ async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> Type
         summary.counts.merge(&counts);
         pass.counts.merge(&counts);
         pass.position = position;
-        save(ctx, t, &key, &pass).await;
+        if let Err(held) = save(ctx, t, &key, &pass).await {
+            summary.error = Some(held.to_string());
+            break;
+        }
         bar.update(bytes_read.unwrap_or(pass.counts.total()), &pass.counts);
     }
     if summary.finished {
         pass.finished = true;
-        save(ctx, t, &key, &pass).await;
+        if let Err(held) = save(ctx, t, &key, &pass).await {
+            summary.error = Some(held.to_string());
+        }
+    }
+    if !ctx.opts.dry_run {
+        if let Err(e) = ctx.checkpoints.release(&key).await {
+            tracing::warn!(r#type = t.as_str(), error = %e, "cannot release the checkpoint's lease; it expires by itself");
+        }
     }
     bar.finish();
     summary.elapsed = started.elapsed();
@@ -353,14 +371,26 @@ async fn start<S: Source>(
     key: &str,
     source: &mut S,
 ) -> Result<Checkpoint, anyhow::Error> {
-    if ctx.opts.restart && !ctx.opts.dry_run {
-        ctx.checkpoints.clear(key).await?;
+    if ctx.opts.dry_run {
+        // A dry run writes no checkpoint, so it needs no lease.
+        let saved = ctx.checkpoints.load(key).await?;
+        return resume(t, source, saved.filter(|_| !ctx.opts.restart)).await;
     }
-    let saved = if ctx.opts.restart {
-        None
-    } else {
-        ctx.checkpoints.load(key).await?
-    };
+    ctx.checkpoints.acquire(key, ctx.opts.take_over).await?;
+    if ctx.opts.restart {
+        save(ctx, t, key, &Checkpoint::default()).await?;
+        return Ok(Checkpoint::default());
+    }
+    let saved = ctx.checkpoints.load(key).await?;
+    resume(t, source, saved).await
+}
+
+/// Positions `source` after `saved`, unless there is none or its pass had finished.
+async fn resume<S: Source>(
+    t: ImageType,
+    source: &mut S,
+    saved: Option<Checkpoint>,
+) -> Result<Checkpoint, anyhow::Error> {
     match saved {
         Some(cp) if !cp.finished => {
             source.resume(&cp.position).await?;
@@ -537,16 +567,24 @@ async fn dead_letter(
 
 /// Saves the pass's checkpoint (not in a dry run), retrying until the database takes it: the
 /// page is written, and a lost checkpoint would only make a resumed run redo it.
-async fn save(ctx: &Ctx<'_>, t: ImageType, key: &str, pass: &Checkpoint) {
+/// Saves the checkpoint (retrying database failures) and renews this run's lease; `Err` when
+/// another run took the lease meanwhile.
+async fn save(ctx: &Ctx<'_>, t: ImageType, key: &str, pass: &Checkpoint) -> Result<(), Held> {
     if ctx.opts.dry_run {
-        return;
+        return Ok(());
     }
     retry_forever(
         "backfill_checkpoint",
         Backoff::from_config(&ctx.shared.config.worker.retry),
         &ctx.shared.metrics,
         |e: &StoreError| e.class.as_str(),
-        || ctx.checkpoints.save(key, t, pass),
+        || async {
+            match ctx.checkpoints.save(key, t, pass).await {
+                Ok(()) => Ok(Ok(())),
+                Err(LeaseError::Held(h)) => Ok(Err(h)),
+                Err(LeaseError::Store(e)) => Err(e),
+            }
+        },
     )
-    .await;
+    .await
 }

@@ -2,7 +2,7 @@
 //! (stand-in) Kafka and MongoDB servers started by `scripts/stack`.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -377,6 +377,41 @@ pub struct DeadLetter {
     pub headers: HashMap<String, String>,
 }
 
+/// One partition's row of Kafka's `ConsumerGroupCommand --describe` (`None`: `-`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRow {
+    pub committed: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+/// The group's committed offset and lag per `(topic, partition)`, as Apache Kafka's own
+/// consumer-group tool reports them: the broker's view, not librdkafka's.
+pub fn kafka_group_view(bootstrap: &str, group: &str) -> BTreeMap<(String, i32), GroupRow> {
+    let out = leafsync_testkit::kafka_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+    );
+    // Columns: GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+    out.lines()
+        .map(str::split_whitespace)
+        .map(Iterator::collect::<Vec<_>>)
+        .filter(|cols| cols.len() >= 6 && cols[0] == group)
+        .map(|cols| {
+            let row = GroupRow {
+                committed: cols[3].parse().ok(),
+                lag: cols[5].parse().ok(),
+            };
+            ((cols[1].to_owned(), cols[2].parse().unwrap()), row)
+        })
+        .collect()
+}
+
 /// A running worker process; killed when dropped.
 pub struct Worker {
     pub process: Process,
@@ -399,6 +434,26 @@ impl std::ops::DerefMut for Worker {
 impl Worker {
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.admin, path).await
+    }
+
+    /// Per `(topic, partition)`, the last offset of the last batch the worker settled, from its
+    /// "batch done" log lines in order: what its stored offset covers (after a rewind that is
+    /// the re-read batch, not the highest offset ever taken).
+    pub fn last_written(&self) -> BTreeMap<(String, i32), i64> {
+        let mut out = BTreeMap::new();
+        for v in self
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "batch done")
+        {
+            let key = (
+                v["topic"].as_str().unwrap().to_owned(),
+                v["partition"].as_i64().unwrap() as i32,
+            );
+            out.insert(key, v["last_offset"].as_i64().unwrap());
+        }
+        out
     }
 
     /// Waits until `/ready` answers 200.
