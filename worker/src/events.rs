@@ -349,7 +349,7 @@ impl Emit for DeadLettered<'_> {
 /// An operation failed and will be retried after `delay`.
 #[derive(Debug)]
 pub struct RetryScheduled<'a> {
-    /// What failed (`database_write`, `dead_letter`, `seek`).
+    /// What failed (`database_write`, `dead_letter`, `rewind`, `backfill_checkpoint`).
     pub op: &'a str,
     /// `transient` or `permanent`.
     pub class: &'a str,
