@@ -204,13 +204,8 @@ impl DeadLetter {
         Ok(())
     }
 
-    async fn produce(
-        &self,
-        letter: &Letter<'_>,
-        kind: &str,
-        reason: &str,
-        metrics: &Metrics,
-    ) -> Result<(), Undeliverable> {
+    /// The letter's headers: the original ones, where it came from, and why it was refused.
+    fn headers(&self, letter: &Letter<'_>, kind: &str, reason: &str) -> OwnedHeaders {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut headers = OwnedHeaders::new();
         if let Some(original) = letter.headers {
@@ -230,6 +225,17 @@ impl DeadLetter {
                 value: Some(value.as_bytes()),
             });
         }
+        headers
+    }
+
+    async fn produce(
+        &self,
+        letter: &Letter<'_>,
+        kind: &str,
+        reason: &str,
+        metrics: &Metrics,
+    ) -> Result<(), Undeliverable> {
+        let headers = self.headers(letter, kind, reason);
         let payload = letter.payload.unwrap_or_default();
         // The value's length kept after a size refusal, and the headers that say so.
         let mut kept: Option<usize> = None;

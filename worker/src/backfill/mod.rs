@@ -232,6 +232,27 @@ async fn connect(
     }))
 }
 
+/// After the last page: records a finished pass, and gives the checkpoint's lease back.
+async fn end_pass(
+    ctx: &Ctx<'_>,
+    t: ImageType,
+    key: &str,
+    pass: &mut Checkpoint,
+    summary: &mut TypeSummary,
+) {
+    if summary.finished {
+        pass.finished = true;
+        if let Err(held) = save(ctx, t, key, pass).await {
+            summary.error = Some(held.to_string());
+        }
+    }
+    if !ctx.opts.dry_run {
+        if let Err(e) = ctx.checkpoints.release(key).await {
+            tracing::warn!(r#type = t.as_str(), error = %e, "cannot release the checkpoint's lease; it expires by itself");
+        }
+    }
+}
+
 /// Opens the source of one type and backfills it.
 async fn backfill_spec(ctx: &Ctx<'_>, t: ImageType, spec: &SourceSpec) -> TypeSummary {
     match spec {
@@ -340,17 +361,7 @@ async fn backfill<S: Source>(ctx: &Ctx<'_>, t: ImageType, mut source: S) -> Type
         }
         bar.update(bytes_read.unwrap_or(pass.counts.total()), &pass.counts);
     }
-    if summary.finished {
-        pass.finished = true;
-        if let Err(held) = save(ctx, t, &key, &pass).await {
-            summary.error = Some(held.to_string());
-        }
-    }
-    if !ctx.opts.dry_run {
-        if let Err(e) = ctx.checkpoints.release(&key).await {
-            tracing::warn!(r#type = t.as_str(), error = %e, "cannot release the checkpoint's lease; it expires by itself");
-        }
-    }
+    end_pass(ctx, t, &key, &mut pass, &mut summary).await;
     bar.finish();
     summary.elapsed = started.elapsed();
     tracing::info!(
