@@ -668,15 +668,12 @@ fn read_reply(
     failed.map_or(Ok(()), Err)
 }
 
-/// A reply's `code`, whatever numeric type the server chose (0 when absent or not a number:
-/// no class of its own, so retried, never blamed on a document).
+/// A reply's `code`, whatever numeric type the server chose ([`int_field`]); 0 when absent or
+/// not a number: no class of its own, so retried, never blamed on a document.
 fn code_field(d: &Document) -> i32 {
-    match d.get("code") {
-        Some(Bson::Int32(v)) => *v,
-        Some(Bson::Int64(v)) => i32::try_from(*v).unwrap_or_default(),
-        Some(Bson::Double(v)) if v.fract() == 0.0 => *v as i32,
-        _ => 0,
-    }
+    int_field(d, "code")
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(0)
 }
 
 /// The version of a document to write (`None` if it has no `updated_at` date).

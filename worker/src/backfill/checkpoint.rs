@@ -45,10 +45,6 @@ pub enum LeaseError {
     Store(#[from] StoreError),
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    StoreError::driver("", e.clone()).code() == Some(DUPLICATE_KEY)
-}
-
 /// What a checkpoint holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Checkpoint {
@@ -106,10 +102,23 @@ impl Checkpoints {
             .update_one(filter, doc! {"$set": {"lease": self.lease()}})
             .upsert(true)
             .await;
-        match taken {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Err(self.holder(key).await?.into()),
-            Err(e) => Err(StoreError::driver("take the backfill checkpoint's lease", e).into()),
+        self.unless_held(key, taken.map(drop), "take the backfill checkpoint's lease")
+            .await
+    }
+
+    /// The outcome of a write guarded by the lease: a duplicate-key refusal means the guard
+    /// missed because another run holds the lease ([`Held`], naming it); other errors are the
+    /// database's.
+    async fn unless_held(
+        &self,
+        key: &str,
+        written: Result<(), mongodb::error::Error>,
+        op: &'static str,
+    ) -> Result<(), LeaseError> {
+        match written.map_err(|e| StoreError::driver(op, e)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(DUPLICATE_KEY) => Err(self.holder(key).await?.into()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -215,10 +224,7 @@ impl Checkpoints {
             .replace_one(doc! {"_id": key, "lease.owner": &self.owner}, d)
             .upsert(true)
             .await;
-        match saved {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Err(self.holder(key).await?.into()),
-            Err(e) => Err(StoreError::driver("save (backfill checkpoint)", e).into()),
-        }
+        self.unless_held(key, saved.map(drop), "save (backfill checkpoint)")
+            .await
     }
 }
