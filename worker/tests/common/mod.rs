@@ -239,10 +239,22 @@ impl TestEnv {
         }
     }
 
-    /// Sum over partitions of the group's committed offsets and of the high watermarks.
+    /// Sum over partitions of the group's committed offsets and of the high watermarks. Retries
+    /// for up to 60 s: a broker just restarted answers NOT_COORDINATOR (and COORDINATOR_LOAD_IN_
+    /// PROGRESS) until it has reloaded `__consumer_offsets`, which is its normal start-up, not a
+    /// failure of what the test checks.
     pub fn committed_and_end(&self) -> (i64, i64) {
-        let (end, committed) = OffsetProbe::new(&self.config).unwrap().read().unwrap();
-        (committed, end)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match OffsetProbe::new(&self.config).and_then(|p| p.read()) {
+                Ok((end, committed)) => return (committed, end),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("offsets not readable yet ({e:#}); retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("offsets unreadable for 60 s: {e:#}"),
+            }
+        }
     }
 
     /// Produces raw key/value pairs to `t`'s topic.
