@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use leafsync_core::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication, TopicResult};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -24,9 +24,11 @@ pub enum AdminError {
         #[source]
         source: KafkaError,
     },
-    /// The broker refused to create a topic.
-    #[error("Kafka create topics failed: {topic}: {code}")]
+    /// The broker refused an operation on a topic.
+    #[error("Kafka {op} refused for topic {topic}: {code}")]
     Topic {
+        /// What was being done.
+        op: &'static str,
         /// The topic.
         topic: String,
         /// The broker's error code.
@@ -53,10 +55,16 @@ fn admin(
 }
 
 /// The first per-topic refusal other than `fine` (e.g. "already exists" when creating).
-fn refusals(results: Vec<TopicResult>, fine: RDKafkaErrorCode) -> Result<(), AdminError> {
+fn refusals(
+    op: &'static str,
+    results: Vec<TopicResult>,
+    fine: RDKafkaErrorCode,
+) -> Result<(), AdminError> {
     for r in results {
         match r {
-            Err((topic, code)) if code != fine => return Err(AdminError::Topic { topic, code }),
+            Err((topic, code)) if code != fine => {
+                return Err(AdminError::Topic { op, topic, code });
+            }
             _ => {}
         }
     }
@@ -78,7 +86,11 @@ pub async fn ensure_topics(
         .create_topics(&new, &opts)
         .await
         .map_err(AdminError::client("create topics"))?;
-    refusals(results, RDKafkaErrorCode::TopicAlreadyExists)
+    refusals(
+        "create topic",
+        results,
+        RDKafkaErrorCode::TopicAlreadyExists,
+    )
 }
 
 /// Deletes topics; ones that do not exist are not an error (for test clean-up).
@@ -88,10 +100,15 @@ pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Adm
         .delete_topics(topics, &opts)
         .await
         .map_err(AdminError::client("delete topics"))?;
-    refusals(results, RDKafkaErrorCode::UnknownTopicOrPartition)
+    refusals(
+        "delete topic",
+        results,
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+    )
 }
 
-/// How many partitions `topic` has (0 when it does not exist).
+/// How many partitions `topic` has (0 when it does not exist; an error when the broker refuses
+/// to describe it, e.g. no `Describe` ACL, which Kafka does not disguise as "unknown").
 pub fn partition_count(
     cfg: &KafkaConfig,
     topic: &str,
@@ -101,21 +118,28 @@ pub fn partition_count(
         .client_config()
         .create()
         .map_err(AdminError::client("metadata client"))?;
-    partition_count_via(&consumer, topic, timeout)
+    partition_count_via(consumer.client(), topic, timeout)
 }
 
 /// [`partition_count`] through a client that already exists (blocking, up to `timeout`).
-pub fn partition_count_via<X: ConsumerContext, C: Consumer<X>>(
-    client: &C,
+pub fn partition_count_via<X: ClientContext>(
+    client: &Client<X>,
     topic: &str,
     timeout: Duration,
 ) -> Result<u32, AdminError> {
     let md = client
         .fetch_metadata(Some(topic), timeout)
         .map_err(AdminError::client("metadata"))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as u32))
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(0);
+    };
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => Ok(t.partitions().len() as u32),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(0),
+        Some(code) => Err(AdminError::Topic {
+            op: "describe",
+            topic: topic.to_owned(),
+            code,
+        }),
+    }
 }

@@ -11,14 +11,14 @@ use leafsync_core::config::Config;
 use leafsync_core::partitioner::partition_for_key;
 use leafsync_core::ImageType;
 use leafsync_kafka::admin::partition_count;
-use leafsync_kafka::{trace_context, ClientConfigExt as _};
+use leafsync_kafka::{trace_context, AccessWatch, ClientConfigExt as _, WatchedContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 /// A keyed, explicitly partitioned producer with bounded in-flight messages.
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<WatchedContext>,
     partitions: HashMap<String, NonZeroU32>,
     in_flight: FuturesUnordered<DeliveryFuture>,
     /// Messages the broker refused (after librdkafka's own retries).
@@ -49,7 +49,9 @@ impl EventProducer {
                 ("queue.buffering.max.messages", "200000"),
                 ("compression.type", "none"),
             ])
-            .create()?;
+            .create_with_context(WatchedContext {
+                access: AccessWatch::exiting("leafsync-loadtest"),
+            })?;
         let mut partitions = HashMap::new();
         for t in ImageType::ALL {
             let topic = &cfg.types.get(t).topic;

@@ -77,6 +77,8 @@ pub struct PrivateStack {
     pub kafka: String,
     /// URI of its MongoDB stand-in.
     pub mongo_uri: String,
+    /// `host:port` of its SASL_SSL listener, when started with [`PrivateStack::start_secure`].
+    pub sasl: Option<String>,
 }
 
 impl PrivateStack {
@@ -85,6 +87,27 @@ impl PrivateStack {
         let s = Self::new();
         s.stack("up");
         s
+    }
+
+    /// Starts both servers, the broker also with a SASL_SSL listener (SCRAM-SHA-512, a CA made
+    /// for it, Kafka's StandardAuthorizer on) and these `(user, password)` SCRAM users. Its
+    /// PLAINTEXT listener stays open to the test itself as a super user (topics, ACLs, views).
+    pub fn start_secure(users: &[(&str, &str)]) -> Self {
+        let mut s = Self::new();
+        let port = free_port();
+        let users: Vec<String> = users.iter().map(|(u, p)| format!("{u}={p}")).collect();
+        s.env
+            .push(("LEAFSYNC_STACK_SASL_PORT".to_owned(), port.to_string()));
+        s.env
+            .push(("LEAFSYNC_STACK_SCRAM_USERS".to_owned(), users.join(" ")));
+        s.sasl = Some(format!("127.0.0.1:{port}"));
+        s.stack("up");
+        s
+    }
+
+    /// The CA certificate (PEM) that signed the SASL_SSL listener's certificate.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.run.join("tls/ca.pem")).expect("the stack's CA (start_secure)")
     }
 
     /// Starts only the MongoDB stand-in, for tests that need no broker.
@@ -110,6 +133,7 @@ impl PrivateStack {
             run,
             kafka: format!("127.0.0.1:{kp}"),
             mongo_uri: format!("mongodb://127.0.0.1:{mp}/?directConnection=true"),
+            sasl: None,
         }
     }
 
@@ -164,6 +188,23 @@ pub fn kafka_tool(class: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Another binary of the workspace, built beside the test's own (`cargo test --workspace` builds
+/// every binary into the target dir that holds `deps/`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .unwrap();
+    assert!(
+        p.exists(),
+        "{} not built (run cargo test --workspace)",
+        p.display()
+    );
+    p
 }
 
 /// Runs an async clean-up when dropped, also when the test fails: each test removes the

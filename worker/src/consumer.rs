@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use leafsync_core::config::{ms, Config};
-use leafsync_kafka::ClientConfigExt as _;
+use leafsync_kafka::{AccessWatch, ClientConfigExt as _};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -49,6 +49,7 @@ pub struct WorkerContext {
     /// Set once shutdown has drained and committed: the rebalance that closing the consumer
     /// runs (an unassign of everything) is then expected and has nothing left to do.
     closing: AtomicBool,
+    access: AccessWatch,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -63,6 +64,7 @@ impl std::fmt::Debug for WorkerContext {
 impl WorkerContext {
     fn new(shared: Arc<Shared>, rt: Handle) -> Self {
         Self {
+            access: shared.fatal.access_watch(),
             shared,
             consumer: OnceLock::new(),
             rt,
@@ -207,6 +209,7 @@ impl ClientContext for WorkerContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "Kafka client error (librdkafka keeps retrying)");
+        self.access.observe(&error, reason);
     }
 }
 
@@ -337,6 +340,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 Ok(msg) => consumer.context().route_straggler(msg.detach()),
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                    // Errors of the group's queue come here, not to the context's `error`.
+                    consumer.context().access.observe(&e, &e.to_string());
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

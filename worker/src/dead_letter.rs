@@ -11,10 +11,11 @@
 use std::time::Duration;
 
 use leafsync_core::config::Config;
-use leafsync_kafka::ClientConfigExt as _;
+use leafsync_kafka::admin::partition_count_via;
+use leafsync_kafka::{AdminError, ClientConfigExt as _, WatchedContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::backoff::{retry_forever, Backoff};
@@ -91,7 +92,7 @@ fn cut(len: usize, max_bytes: usize) -> usize {
 
 /// Producer of dead letters.
 pub struct DeadLetter {
-    producer: FutureProducer,
+    producer: FutureProducer<WatchedContext>,
     topic: String,
     worker_id: String,
     backoff: Backoff,
@@ -120,7 +121,9 @@ impl DeadLetter {
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "5")
             .set("message.max.bytes", &max_bytes)
-            .create()?;
+            .create_with_context(WatchedContext {
+                access: fatal.access_watch(),
+            })?;
         Ok(Self {
             producer,
             topic: cfg.kafka.dead_letter_topic.clone(),
@@ -129,6 +132,44 @@ impl DeadLetter {
             max_bytes: usize::try_from(cfg.kafka.dead_letter_max_bytes).unwrap_or(usize::MAX),
             fatal,
         })
+    }
+
+    /// Confirms, before any event depends on it, that the dead-letter topic exists and this
+    /// principal may describe it. Waits up to `timeout` for the broker and the topic (both may
+    /// be starting too), but fails at once with the cause when Kafka refuses the credentials,
+    /// the certificate or the topic (an ACL).
+    pub async fn check_topic(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (producer, topic) = (self.producer.clone(), self.topic.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                partition_count_via(producer.client(), &topic, Duration::from_secs(1))
+            })
+            .await?;
+            if let Some(reason) = self.fatal.reason() {
+                anyhow::bail!("{reason}");
+            }
+            let late = tokio::time::Instant::now() >= deadline;
+            match found {
+                // On a fresh deploy the topics Job may still be creating it.
+                Ok(0) if late => anyhow::bail!(
+                    "kafka.dead_letter_topic `{}` does not exist (create it with the image topics)",
+                    self.topic
+                ),
+                Ok(0) => {}
+                Ok(_) => return Ok(()),
+                Err(e @ AdminError::Topic { .. }) => {
+                    anyhow::bail!("kafka.dead_letter_topic `{}`: {e}", self.topic)
+                }
+                Err(e) if late => anyhow::bail!(
+                    "kafka.dead_letter_topic `{}` unreachable for {}s: {e}",
+                    self.topic,
+                    timeout.as_secs()
+                ),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Produces `msg` to the dead-letter topic, retrying until the broker acknowledges it: the

@@ -29,6 +29,7 @@ pub mod supervise;
 pub mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use leafsync_core::{Config, ImageType, Store};
@@ -57,6 +58,9 @@ pub struct Shared {
     pub fatal: supervise::Fatal,
 }
 
+/// How long start-up waits for the broker to answer (a worker may start before Kafka).
+pub const KAFKA_START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// This worker's id: the configured instance id, or host name and process id.
 pub fn worker_id(config: &Config) -> String {
     config.worker.instance_id.clone().unwrap_or_else(|| {
@@ -79,6 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let fatal = supervise::Fatal::new(shutdown.clone());
     let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
         .context("cannot create the dead-letter producer")?;
+    dead_letter.check_topic(KAFKA_START_TIMEOUT).await?;
     let admin_addr = config.worker.admin_addr;
     let metrics = Arc::new(metrics::Metrics::new());
     // At most `worker.max_in_flight_batches` commands at once, each of at most one full batch:

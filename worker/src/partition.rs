@@ -60,7 +60,7 @@ impl PartitionCounts {
         }
         let (c, t) = (consumer.clone(), topic.to_owned());
         let n = tokio::task::spawn_blocking(move || {
-            partition_count_via(c.as_ref(), &t, Duration::from_secs(5)).ok()
+            partition_count_via(c.client(), &t, Duration::from_secs(5)).ok()
         })
         .await
         .ok()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leafsync_core::Config;
-use leafsync_kafka::ClientConfigExt as _;
+use leafsync_kafka::{AccessWatch, ClientConfigExt as _, WatchedContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -68,10 +68,13 @@ pub fn replay(
 ) -> Result<Vec<Move>, ReplayError> {
     let topics = chosen_topics(config, topics)?;
     let group = &config.kafka.group_id;
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<WatchedContext> = config
         .kafka
         .client_config_with(&[("group.id", group), ("enable.auto.commit", "false")])
-        .create()?;
+        .create_with_context(WatchedContext {
+            access: AccessWatch::exiting("leafsync-worker replay"),
+        })?;
+    wait_for_broker(&consumer)?;
     refuse_if_active(&consumer, group)?;
     let all = partitions(&consumer, &topics)?;
     let committed = consumer.committed_offsets(all.clone(), TIMEOUT)?;
@@ -124,7 +127,29 @@ fn chosen_topics(config: &Config, topics: &[String]) -> Result<Vec<String>, Repl
 }
 
 /// Running workers would overwrite the reset with their own commits.
-fn refuse_if_active(consumer: &BaseConsumer, group: &str) -> Result<(), ReplayError> {
+/// Waits (up to [`TIMEOUT`]) until the broker answers, serving the client's events meanwhile. A
+/// consumer with a group id gets its errors from `poll` (librdkafka forwards the main queue to
+/// the consumer's, and rdkafka returns them instead of calling the context), so a refused
+/// password or certificate is fed to the access watch here, which stops the command with the
+/// cause instead of a bare timeout seconds later.
+fn wait_for_broker(consumer: &BaseConsumer<WatchedContext>) -> Result<(), ReplayError> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+            consumer.context().access.observe(&e, &e.to_string());
+        }
+        match consumer.fetch_metadata(None, Duration::from_millis(500)) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+}
+
+fn refuse_if_active(
+    consumer: &BaseConsumer<WatchedContext>,
+    group: &str,
+) -> Result<(), ReplayError> {
     let groups = consumer.fetch_group_list(Some(group), TIMEOUT)?;
     match groups
         .groups()
@@ -145,7 +170,7 @@ fn refuse_if_active(consumer: &BaseConsumer, group: &str) -> Result<(), ReplayEr
 
 /// Every partition of `topics`.
 fn partitions(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<WatchedContext>,
     topics: &[String],
 ) -> Result<TopicPartitionList, ReplayError> {
     let mut all = TopicPartitionList::new();
@@ -162,7 +187,7 @@ fn partitions(
 
 /// The first offset at or after `t` in each partition of `all`.
 fn offsets_at(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<WatchedContext>,
     all: &TopicPartitionList,
     t: DateTime<Utc>,
 ) -> Result<TopicPartitionList, ReplayError> {

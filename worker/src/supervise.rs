@@ -1,5 +1,6 @@
 //! Failures that must stop the worker instead of stalling it: a panicking partition task or
-//! writer lane, or a dead letter the broker will never accept. Without this, tokio would catch
+//! writer lane, a dead letter the broker will never accept, or a broker that keeps refusing the
+//! credentials or failing TLS. Without this, tokio would catch
 //! the panic, the partition would stay parked with nothing reading it, and only `/live` would
 //! notice, minutes later. A fast, loud exit is better: the orchestrator restarts the worker,
 //! the other partitions drain and commit as on SIGTERM, and the failed one resumes from its
@@ -10,6 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 
 use futures::FutureExt as _;
+use leafsync_kafka::AccessWatch;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +44,13 @@ impl Fatal {
     /// The first fatal reason raised, if any.
     pub fn reason(&self) -> Option<&str> {
         self.reason.get().map(String::as_str)
+    }
+
+    /// A watch that raises a fatal error when Kafka keeps refusing the credentials or the
+    /// broker's certificate: no retry fixes either, so the worker exits and says why.
+    pub fn access_watch(&self) -> AccessWatch {
+        let fatal = self.clone();
+        AccessWatch::new(move |reason| fatal.raise(reason))
     }
 
     /// Spawns `task` on `rt`; a panic in it raises a fatal error naming `what`.

@@ -215,6 +215,7 @@ async fn connect(
     let fatal = crate::supervise::Fatal::new(shutdown.clone());
     let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
         .context("cannot create the dead-letter producer")?;
+    dead_letter.check_topic(crate::KAFKA_START_TIMEOUT).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     // Pages are full batches already: each is written on its own.
     let writers =

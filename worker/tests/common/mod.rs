@@ -128,15 +128,20 @@ impl TestEnv {
         }
     }
 
+    /// The environment of a child process: this env's settings, JSON logs, then `extra` (which
+    /// wins over both).
+    pub fn process_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.overrides.clone();
+        env.push(("LEAFSYNC__TELEMETRY__LOG_FORMAT".into(), "json".into()));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
     /// Starts a worker process with this env's settings plus `extra` env vars.
     pub fn spawn_worker(&self, label: &str, extra: &[(&str, &str)]) -> Worker {
         let port = free_port();
-        let mut env = self.overrides.clone();
-        env.push((
-            "LEAFSYNC__WORKER__ADMIN_ADDR".into(),
-            format!("127.0.0.1:{port}"),
-        ));
-        env.push(("LEAFSYNC__TELEMETRY__LOG_FORMAT".into(), "json".into()));
+        let addr = format!("127.0.0.1:{port}");
+        let mut env = self.process_env(&[("LEAFSYNC__WORKER__ADMIN_ADDR", &addr)]);
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let process = Process::spawn(
             Path::new(env!("CARGO_BIN_EXE_leafsync-worker")),
@@ -152,9 +157,7 @@ impl TestEnv {
 
     /// Starts `leafsync-worker backfill ARGS` with this env's settings plus `extra` env vars.
     pub fn spawn_backfill(&self, label: &str, args: &[&str], extra: &[(&str, &str)]) -> Process {
-        let mut env = self.overrides.clone();
-        env.push(("LEAFSYNC__TELEMETRY__LOG_FORMAT".into(), "json".into()));
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let env = self.process_env(extra);
         let mut argv = vec!["backfill"];
         argv.extend_from_slice(args);
         Process::spawn(

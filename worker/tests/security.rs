@@ -1,0 +1,381 @@
+//! SASL_SSL end to end on Apache Kafka: SCRAM-SHA-512 over TLS with a private CA, Kafka's
+//! StandardAuthorizer on, and only the ACLs that docs/operations.md lists. Every Kafka client
+//! of leafsync goes through that listener with the settings the Kubernetes Secret gives
+//! (`LEAFSYNC__KAFKA__PROPERTIES__*`, the CA as `ssl.ca.pem`); a wrong password or an untrusted
+//! CA stops each binary quickly, with the cause named.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{PrivateStack, TestEnv};
+use leafsync_core::Config;
+use leafsync_loadtest::expected::Expected;
+use leafsync_testkit::{http_get, kafka_tool, workspace_bin, Process};
+
+const WORKER_USER: &str = "leafsync";
+const WORKER_PASSWORD: &str = "wkr-Secret-7c1e9a";
+const PRODUCER_USER: &str = "producer";
+const PRODUCER_PASSWORD: &str = "prd-Secret-3b8f20";
+/// A user the broker knows and the ACLs grant nothing.
+const NOBODY: (&str, &str) = ("nobody", "nobody-pw");
+
+fn secure_stack() -> PrivateStack {
+    PrivateStack::start_secure(&[
+        (WORKER_USER, WORKER_PASSWORD),
+        (PRODUCER_USER, PRODUCER_PASSWORD),
+        NOBODY,
+    ])
+}
+
+/// The client settings a Kubernetes Secret gives: the SASL_SSL listener, SCRAM-SHA-512, the
+/// user's password and the CA as PEM text (the `kafka-ca-pem` key).
+fn sasl_env(
+    stack: &PrivateStack,
+    user: &str,
+    password: &str,
+    ca_pem: &str,
+) -> Vec<(String, String)> {
+    [
+        (
+            "LEAFSYNC__KAFKA__BOOTSTRAP_SERVERS",
+            stack.sasl.as_deref().unwrap(),
+        ),
+        ("LEAFSYNC__KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+        (
+            "LEAFSYNC__KAFKA__PROPERTIES__SASL_MECHANISM",
+            "SCRAM-SHA-512",
+        ),
+        ("LEAFSYNC__KAFKA__PROPERTIES__SASL_USERNAME", user),
+        ("LEAFSYNC__KAFKA__PROPERTIES__SASL_PASSWORD", password),
+        ("LEAFSYNC__KAFKA__PROPERTIES__SSL_CA_PEM", ca_pem),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec()
+}
+
+fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// One line of the ```acl block in docs/operations.md.
+#[derive(Debug)]
+struct Acl {
+    principal: String,
+    operation: String,
+    resource: String,
+    names: Vec<String>,
+}
+
+/// The ACLs docs/operations.md lists, with the default names (leafsync.example.toml's) mapped
+/// to this test's topics and group.
+fn documented_acls(env: &TestEnv) -> Vec<Acl> {
+    let doc =
+        std::fs::read_to_string(leafsync_testkit::repo_root().join("docs/operations.md")).unwrap();
+    let block = doc
+        .split("```acl\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("an ```acl block in docs/operations.md");
+    let defaults = Config::load_with_overrides("").unwrap();
+    let rename = |name: &str| -> String {
+        if name == defaults.kafka.group_id {
+            return env.config.kafka.group_id.clone();
+        }
+        if name == defaults.kafka.dead_letter_topic {
+            return env.config.kafka.dead_letter_topic.clone();
+        }
+        for t in leafsync_core::ImageType::ALL {
+            if name == defaults.types.get(t).topic {
+                return env.config.types.get(t).topic.clone();
+            }
+        }
+        panic!("docs/operations.md grants on `{name}`, which is no topic or group of leafsync")
+    };
+    let acls: Vec<Acl> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(f.len() >= 4, "acl line `{l}`");
+            Acl {
+                principal: f[0].to_owned(),
+                operation: f[1].to_owned(),
+                resource: f[2].to_owned(),
+                names: f[3..].iter().map(|n| rename(n)).collect(),
+            }
+        })
+        .collect();
+    assert!(acls.len() >= 3, "{acls:?}");
+    acls
+}
+
+/// Grants exactly `acls` with Kafka's own AclCommand, through the stack's admin listener.
+fn grant(stack: &PrivateStack, acls: &[Acl]) {
+    for a in acls {
+        let flag = match a.resource.as_str() {
+            "Topic" => "--topic",
+            "Group" => "--group",
+            other => panic!("resource type {other}"),
+        };
+        let mut args = vec![
+            "--bootstrap-server",
+            &stack.kafka,
+            "--add",
+            "--allow-principal",
+            &a.principal,
+            "--operation",
+            &a.operation,
+        ];
+        for n in &a.names {
+            args.extend([flag, n.as_str()]);
+        }
+        kafka_tool("org.apache.kafka.tools.AclCommand", &args);
+    }
+}
+
+fn run(bin: &Path, args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() {
+    let stack = secure_stack();
+    let env = TestEnv::on(&stack).await;
+    grant(&stack, &documented_acls(&env));
+    let ca = stack.ca_pem();
+    let worker_sasl = sasl_env(&stack, WORKER_USER, WORKER_PASSWORD, &ca);
+
+    let mut w = env.spawn_worker("w1", &refs(&worker_sasl));
+    w.wait_ready(Duration::from_secs(60)).await;
+
+    // The load tool, as its own principal.
+    let dir = tempfile::tempdir().unwrap();
+    let expected_path = dir.path().join("expected.jsonl");
+    let flood = run(
+        &workspace_bin("leafsync-loadtest"),
+        &[
+            "flood",
+            "--count",
+            "3000",
+            "--ids-per-type",
+            "200",
+            "--poison-ratio",
+            "0.01",
+            "--seed",
+            "11",
+            "--expected",
+            expected_path.to_str().unwrap(),
+        ],
+        &env.process_env(&refs(&sasl_env(
+            &stack,
+            PRODUCER_USER,
+            PRODUCER_PASSWORD,
+            &ca,
+        ))),
+    );
+    assert!(flood.status.success(), "flood: {}", text(&flood));
+    let expected = Expected::load(&expected_path).unwrap();
+    let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
+    assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+
+    // Dead letters went out through the listener (Write on the dead-letter topic).
+    assert!(w.events_total("outcome=\"dead_lettered\"").await > 0);
+    assert!(!env.dead_letters(1, Duration::from_secs(10)).is_empty());
+    // The lag queries (committed offsets, watermarks) work with Read alone: lag reaches 0.
+    w.wait_metrics(Duration::from_secs(30), |m| {
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| l.starts_with("leafsync_worker_consumer_lag{"))
+            .collect();
+        !lines.is_empty() && lines.iter().all(|l| l.ends_with(" 0"))
+    })
+    .await;
+
+    // The backfill: writes and dead-letters through the same principal.
+    let file = dir.path().join("potato.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\":990001,\"updated_at\":\"2025-01-01T00:00:00Z\"}\n{\"id\": 5,\n",
+    )
+    .unwrap();
+    let mut bf = env.spawn_backfill(
+        "bf",
+        &["--from-jsonl", &format!("potato={}", file.display())],
+        &refs(&worker_sasl),
+    );
+    let status = bf.wait_exit(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{}", bf.log_tail());
+    let t = common::Totals::parse(&bf.log_text());
+    assert_eq!((t.read, t.inserted, t.dead_lettered), (2, 1, 1));
+
+    // The replay: refuses while the worker is a live member, then resets once it has left.
+    let worker_bin = Path::new(env!("CARGO_BIN_EXE_leafsync-worker"));
+    let replay_env = env.process_env(&refs(&worker_sasl));
+    let refused = run(worker_bin, &["replay", "--to-earliest"], &replay_env);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("active member"),
+        "{}",
+        text(&refused)
+    );
+    w.signal("-TERM");
+    assert!(w
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let before = env.committed_and_end().0;
+    assert!(before > 0);
+    let replay = run(worker_bin, &["replay", "--to-earliest"], &replay_env);
+    assert!(replay.status.success(), "replay: {}", text(&replay));
+    assert_eq!(
+        env.committed_and_end().0,
+        0,
+        "every committed offset back to 0"
+    );
+}
+
+/// A second CA, which signed nothing the broker presents.
+fn other_ca(dir: &Path) -> String {
+    let (key, cert) = (dir.join("other.key"), dir.join("other.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not-the-brokers-ca", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "openssl: {st:?}");
+    std::fs::read_to_string(cert).unwrap()
+}
+
+/// Runs `bin args` and expects it to stop on its own within 30 s, non-zero, naming `cause`;
+/// with `ready` (a worker's admin address), `/ready` must never answer 200 meanwhile.
+async fn expect_refusal(
+    env: &TestEnv,
+    bin: &Path,
+    args: &[&str],
+    extra: &[(String, String)],
+    cause: &str,
+    label: &str,
+) {
+    let port = leafsync_testkit::free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut penv = env.process_env(&refs(extra));
+    penv.push(("LEAFSYNC__WORKER__ADMIN_ADDR".into(), admin.clone()));
+    let mut p = Process::spawn(bin, args, &penv, &format!("{}-{label}", env.name));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = p.wait_exit(Duration::from_millis(200)) {
+            break st;
+        }
+        let ready = http_get(admin.parse().unwrap(), "/ready").await;
+        assert!(
+            !matches!(ready, Some((200, _))),
+            "{label}: ready while Kafka refuses it\n{}",
+            p.log_tail()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{label}: still running after 30 s\n{}",
+            p.log_tail()
+        );
+    };
+    assert!(!status.success(), "{label}: exit {status:?}");
+    let log = p.log_text();
+    assert!(
+        log.contains(cause),
+        "{label}: no `{cause}` in\n{}",
+        p.log_tail()
+    );
+    eprintln!("{label}: stopped in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_or_an_untrusted_ca_stops_every_binary_with_the_cause() {
+    let stack = secure_stack();
+    let env = TestEnv::on(&stack).await;
+    grant(&stack, &documented_acls(&env));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("potato.jsonl");
+    std::fs::write(&file, "{\"id\": 5,\n").unwrap();
+    let jsonl = format!("potato={}", file.display());
+    let worker = Path::new(env!("CARGO_BIN_EXE_leafsync-worker")).to_path_buf();
+    let loadtest = workspace_bin("leafsync-loadtest");
+    let expected = dir.path().join("e.jsonl");
+    let commands: [(&str, &Path, Vec<&str>); 4] = [
+        ("worker", &worker, vec![]),
+        ("replay", &worker, vec!["replay", "--to-earliest"]),
+        (
+            "backfill",
+            &worker,
+            vec!["backfill", "--from-jsonl", &jsonl],
+        ),
+        (
+            "loadtest",
+            &loadtest,
+            vec![
+                "flood",
+                "--count",
+                "10",
+                "--expected",
+                expected.to_str().unwrap(),
+            ],
+        ),
+    ];
+    let cases = [
+        (
+            "wrong-password",
+            sasl_env(&stack, WORKER_USER, "not-the-password", &stack.ca_pem()),
+            "Kafka refused the credentials",
+        ),
+        (
+            "untrusted-ca",
+            sasl_env(&stack, WORKER_USER, WORKER_PASSWORD, &other_ca(dir.path())),
+            "TLS with the Kafka broker failed",
+        ),
+    ];
+    for (case, extra, cause) in &cases {
+        for (what, bin, args) in &commands {
+            expect_refusal(&env, bin, args, extra, cause, &format!("{what}-{case}")).await;
+        }
+    }
+    // Without the documented ACLs: denied the dead-letter topic at start-up; denied the group
+    // (the load tool's principal may describe the dead-letter topic, not join the group).
+    let ca = stack.ca_pem();
+    let acl_cases = [
+        (
+            "no-acls",
+            sasl_env(&stack, NOBODY.0, NOBODY.1, &ca),
+            "Kafka describe refused for topic",
+        ),
+        (
+            "no-group-acl",
+            sasl_env(&stack, PRODUCER_USER, PRODUCER_PASSWORD, &ca),
+            "Kafka denied the principal an operation",
+        ),
+    ];
+    for (case, extra, cause) in &acl_cases {
+        expect_refusal(&env, &worker, &[], extra, cause, &format!("worker-{case}")).await;
+    }
+    // Nothing was written: no command got past the broker.
+    assert!(env.dead_letters(1, Duration::from_secs(2)).is_empty());
+}
