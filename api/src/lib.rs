@@ -122,12 +122,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     let store = state.store.clone();
+    let login = tokio::spawn(check_login(store.clone(), shutdown.clone()));
     let (addr, server) = serve(state, bind, shutdown).await?;
     tracing::info!(%addr, "leafsync-api listening");
     server.await?;
+    login.abort();
     store.shutdown().await;
+    if let Ok(Err(e)) = login.await {
+        return Err(e.into());
+    }
     tracing::info!("leafsync-api stopped");
     Ok(())
+}
+
+/// The API starts while MongoDB is down (it answers 503 meanwhile), but a server that refuses
+/// the login will never let it serve: pings until the first answer, and stops the API with the
+/// refusal, which names the configuration key.
+async fn check_login(store: Store, shutdown: CancellationToken) -> Result<(), StoreError> {
+    loop {
+        match store.ping().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_refused_login() => {
+                tracing::error!(error = %e, "MongoDB refuses the login; stopping");
+                shutdown.cancel();
+                return Err(StoreError {
+                    op: "login with the credentials of configuration key `mongo.uri`",
+                    class: leafsync_core::store::ErrorClass::Permanent,
+                    ..e
+                });
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+    }
 }
 
 /// Starts every `/total` count in the background, so the first clients find them cached

@@ -131,6 +131,24 @@ impl StoreError {
         self.class == ErrorClass::Transient
     }
 
+    /// Whether the server refused the login (wrong user, password or auth source in `mongo.uri`):
+    /// no retry fixes it. When another operation met the refusal first, the driver reports it
+    /// only as text inside a pool-cleared or server-selection error, so those are read too.
+    pub fn is_refused_login(&self) -> bool {
+        let Cause::Driver(e) = &self.cause else {
+            return false;
+        };
+        match &*e.kind {
+            ErrorKind::Authentication { .. } => true,
+            ErrorKind::ConnectionPoolCleared { message, .. }
+            | ErrorKind::ServerSelection { message, .. } => {
+                message.contains("Authentication failed")
+                    || message.contains("AuthenticationFailed")
+            }
+            _ => self.code() == Some(18),
+        }
+    }
+
     /// The server's error code, when the server answered with one.
     pub fn code(&self) -> Option<i32> {
         match &self.cause {
@@ -245,6 +263,13 @@ impl Store {
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::warn!(error = %e, "MongoDB not answering yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) if e.is_refused_login() => {
+                    return Err(StoreError {
+                        op: "login with the credentials of configuration key `mongo.uri`",
+                        class: ErrorClass::Permanent,
+                        ..e
+                    })
                 }
                 Err(e) => {
                     return Err(StoreError {

@@ -89,20 +89,46 @@ impl PrivateStack {
         s
     }
 
-    /// Starts both servers, the broker also with a SASL_SSL listener (SCRAM-SHA-512, a CA made
-    /// for it, Kafka's StandardAuthorizer on) and these `(user, password)` SCRAM users. Its
-    /// PLAINTEXT listener stays open to the test itself as a super user (topics, ACLs, views).
-    pub fn start_secure(users: &[(&str, &str)]) -> Self {
+    /// Starts both servers with credentials and TLS (one CA made for the stack):
+    /// - the broker also with a SASL_SSL listener (SCRAM-SHA-512, Kafka's StandardAuthorizer on)
+    ///   and these `(user, password)` SCRAM users; its PLAINTEXT listener stays open to the test
+    ///   itself as a super user (topics, ACLs, views);
+    /// - MongoDB requiring SCRAM-SHA-256 and TLS, with `mongo_admin` as its root user, which
+    ///   [`mongo_uri`](Self::mongo_uri) logs in as.
+    pub fn start_secure(kafka_users: &[(&str, &str)], mongo_admin: (&str, &str)) -> Self {
         let mut s = Self::new();
         let port = free_port();
-        let users: Vec<String> = users.iter().map(|(u, p)| format!("{u}={p}")).collect();
+        let users: Vec<String> = kafka_users
+            .iter()
+            .map(|(u, p)| format!("{u}={p}"))
+            .collect();
         s.env
             .push(("LEAFSYNC_STACK_SASL_PORT".to_owned(), port.to_string()));
         s.env
             .push(("LEAFSYNC_STACK_SCRAM_USERS".to_owned(), users.join(" ")));
+        s.env.push((
+            "LEAFSYNC_STACK_MONGO_ADMIN".to_owned(),
+            format!("{}={}", mongo_admin.0, mongo_admin.1),
+        ));
         s.sasl = Some(format!("127.0.0.1:{port}"));
+        s.mongo_uri = s.mongo_uri_as(mongo_admin.0, mongo_admin.1);
         s.stack("up");
         s
+    }
+
+    /// The URI of its MongoDB for `user` (a user of the `admin` database), over TLS with the
+    /// stack's CA.
+    pub fn mongo_uri_as(&self, user: &str, password: &str) -> String {
+        let port = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "LEAFSYNC_STACK_MONGO_PORT")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        format!(
+            "mongodb://{user}:{password}@127.0.0.1:{port}/?directConnection=true&authSource=admin&tls=true&tlsCAFile={}",
+            self.run.join("tls/ca.pem").display()
+        )
     }
 
     /// The CA certificate (PEM) that signed the SASL_SSL listener's certificate.

@@ -22,13 +22,44 @@ const PRODUCER_USER: &str = "producer";
 const PRODUCER_PASSWORD: &str = "prd-Secret-3b8f20";
 /// A user the broker knows and the ACLs grant nothing.
 const NOBODY: (&str, &str) = ("nobody", "nobody-pw");
+/// MongoDB's root user (the test's own view), the workers' user (`readWrite` on the consumer
+/// database) and the API's (`read`).
+const MONGO_ROOT: (&str, &str) = ("root", "root-Secret-5e0d44");
+const MONGO_WORKER: (&str, &str) = ("leafsync", "db-Secret-a91c07");
+const MONGO_API: (&str, &str) = ("reader", "rd-Secret-62f3b8");
 
 fn secure_stack() -> PrivateStack {
-    PrivateStack::start_secure(&[
-        (WORKER_USER, WORKER_PASSWORD),
-        (PRODUCER_USER, PRODUCER_PASSWORD),
-        NOBODY,
-    ])
+    PrivateStack::start_secure(
+        &[
+            (WORKER_USER, WORKER_PASSWORD),
+            (PRODUCER_USER, PRODUCER_PASSWORD),
+            NOBODY,
+        ],
+        MONGO_ROOT,
+    )
+}
+
+/// Creates a MongoDB user with `role` on the test's database only, as an operator would for
+/// leafsync; returns its URI (TLS, the stack's CA).
+async fn mongo_user(
+    stack: &PrivateStack,
+    env: &TestEnv,
+    (user, pwd): (&str, &str),
+    role: &str,
+) -> String {
+    let client = mongodb::Client::with_uri_str(&stack.mongo_uri)
+        .await
+        .unwrap();
+    client
+        .database("admin")
+        .run_command(mongodb::bson::doc! {
+            "createUser": user,
+            "pwd": pwd,
+            "roles": [{ "role": role, "db": &env.name }],
+        })
+        .await
+        .unwrap();
+    stack.mongo_uri_as(user, pwd)
 }
 
 /// The client settings a Kubernetes Secret gives: the SASL_SSL listener, SCRAM-SHA-512, the
@@ -160,7 +191,11 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
     let env = TestEnv::on(&stack).await;
     grant(&stack, &documented_acls(&env));
     let ca = stack.ca_pem();
-    let worker_sasl = sasl_env(&stack, WORKER_USER, WORKER_PASSWORD, &ca);
+    let mut worker_sasl = sasl_env(&stack, WORKER_USER, WORKER_PASSWORD, &ca);
+    worker_sasl.push((
+        "LEAFSYNC__MONGO__URI".into(),
+        mongo_user(&stack, &env, MONGO_WORKER, "readWrite").await,
+    ));
 
     let mut w = env.spawn_worker("w1", &refs(&worker_sasl));
     w.wait_ready(Duration::from_secs(60)).await;
@@ -194,6 +229,36 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
     let expected = Expected::load(&expected_path).unwrap();
     let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
     assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
+
+    // The API reads with its own read-only user, over TLS.
+    let api_port = leafsync_testkit::free_port();
+    let api_addr = format!("127.0.0.1:{api_port}");
+    let api_uri = mongo_user(&stack, &env, MONGO_API, "read").await;
+    let _api = Process::spawn(
+        &workspace_bin("leafsync-api"),
+        &[],
+        &env.process_env(&[
+            ("LEAFSYNC__API__BIND", &api_addr),
+            ("LEAFSYNC__MONGO__URI", &api_uri),
+        ]),
+        &format!("{}-api", env.name),
+    );
+    let api: std::net::SocketAddr = api_addr.parse().unwrap();
+    leafsync_testkit::wait_for_status(api, "/ready", 200, Duration::from_secs(30), || {
+        String::new()
+    })
+    .await;
+    let (status, body) = http_get(api, "/image-plant/potato/total").await.unwrap();
+    assert_eq!(
+        (status, body.trim()),
+        (
+            200,
+            expected
+                .count(leafsync_core::ImageType::Potato, false)
+                .to_string()
+                .as_str()
+        )
+    );
 
     // Dead letters went out through the listener (Write on the dead-letter topic).
     assert!(w.events_total("outcome=\"dead_lettered\"").await > 0);
@@ -375,6 +440,39 @@ async fn a_wrong_password_or_an_untrusted_ca_stops_every_binary_with_the_cause()
     ];
     for (case, extra, cause) in &acl_cases {
         expect_refusal(&env, &worker, &[], extra, cause, &format!("worker-{case}")).await;
+    }
+    // MongoDB refusing the login: each binary that uses it stops, naming the key.
+    let mut bad_db = sasl_env(&stack, WORKER_USER, WORKER_PASSWORD, &ca);
+    mongo_user(&stack, &env, MONGO_WORKER, "readWrite").await;
+    bad_db.push((
+        "LEAFSYNC__MONGO__URI".into(),
+        stack.mongo_uri_as(MONGO_WORKER.0, "not-the-password"),
+    ));
+    let api = workspace_bin("leafsync-api");
+    let api_port = leafsync_testkit::free_port().to_string();
+    let db_commands: [(&str, &Path, Vec<&str>); 3] = [
+        ("worker", &worker, vec![]),
+        (
+            "backfill",
+            &worker,
+            vec!["backfill", "--from-jsonl", &jsonl],
+        ),
+        ("api", &api, vec![]),
+    ];
+    bad_db.push((
+        "LEAFSYNC__API__BIND".into(),
+        format!("127.0.0.1:{api_port}"),
+    ));
+    for (what, bin, args) in &db_commands {
+        expect_refusal(
+            &env,
+            bin,
+            args,
+            &bad_db,
+            "credentials of configuration key `mongo.uri`",
+            &format!("{what}-mongo-login"),
+        )
+        .await;
     }
     // Nothing was written: no command got past the broker.
     assert!(env.dead_letters(1, Duration::from_secs(2)).is_empty());
