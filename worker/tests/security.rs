@@ -28,6 +28,25 @@ const MONGO_ROOT: (&str, &str) = ("root", "root-Secret-5e0d44");
 const MONGO_WORKER: (&str, &str) = ("leafsync", "db-Secret-a91c07");
 const MONGO_API: (&str, &str) = ("reader", "rd-Secret-62f3b8");
 
+/// Every secret a process of these tests is given, for the sweep: none may appear in any output.
+const SECRETS: [&str; 7] = [
+    WORKER_PASSWORD,
+    PRODUCER_PASSWORD,
+    NOBODY.1,
+    MONGO_ROOT.1,
+    MONGO_WORKER.1,
+    MONGO_API.1,
+    WRONG_PASSWORD,
+];
+const WRONG_PASSWORD: &str = "wrong-Secret-0d5e13";
+
+/// Fails naming the secret and where it leaked.
+fn assert_no_secret(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "a secret ({s}) leaked into {what}");
+    }
+}
+
 fn secure_stack() -> PrivateStack {
     PrivateStack::start_secure(
         &[
@@ -197,16 +216,45 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
         mongo_user(&stack, &env, MONGO_WORKER, "readWrite").await,
     ));
 
+    // Every process logs at debug level and sends its traces to a receiver: the secrets sweep
+    // at the end reads all of it.
+    let (otlp, spans) = leafsync_testkit::otlp_receiver().await;
+    let loud = [
+        (
+            "LEAFSYNC__TELEMETRY__LOG_FILTER".to_owned(),
+            "debug".to_owned(),
+        ),
+        (
+            "LEAFSYNC__TELEMETRY__OTLP_ENDPOINT".to_owned(),
+            format!("http://{otlp}"),
+        ),
+    ];
+    worker_sasl.extend(loud.iter().cloned());
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let config = run(
+        Path::new(env!("CARGO_BIN_EXE_leafsync-worker")),
+        &["print-config"],
+        &env.process_env(&refs(&worker_sasl)),
+    );
+    assert!(config.status.success());
+    let shown = text(&config);
+    // Where a secret's value is shown, its masked form is.
+    assert!(shown.contains("sasl_password = \"****\""), "{shown}");
+    assert!(shown.contains("mongodb://leafsync:****@"), "{shown}");
+    outputs.push(("print-config".into(), shown));
+
     let mut w = env.spawn_worker("w1", &refs(&worker_sasl));
     w.wait_ready(Duration::from_secs(60)).await;
 
-    // The load tool, as its own principal.
+    // The load tool, as its own principal: flood, verify, report.
     let dir = tempfile::tempdir().unwrap();
-    let expected_path = dir.path().join("expected.jsonl");
-    let flood = run(
+    let report = dir.path().join("report");
+    let mut producer_env = sasl_env(&stack, PRODUCER_USER, PRODUCER_PASSWORD, &ca);
+    producer_env.extend(loud.iter().cloned());
+    let load = run(
         &workspace_bin("leafsync-loadtest"),
         &[
-            "flood",
+            "run",
             "--count",
             "3000",
             "--ids-per-type",
@@ -215,18 +263,22 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
             "0.01",
             "--seed",
             "11",
-            "--expected",
-            expected_path.to_str().unwrap(),
+            "--trace",
+            "--timeout",
+            "120",
+            "--worker-metrics",
+            &format!("http://{}/metrics", w.admin),
+            "--out",
+            report.to_str().unwrap(),
         ],
-        &env.process_env(&refs(&sasl_env(
-            &stack,
-            PRODUCER_USER,
-            PRODUCER_PASSWORD,
-            &ca,
-        ))),
+        &env.process_env(&refs(&producer_env)),
     );
-    assert!(flood.status.success(), "flood: {}", text(&flood));
-    let expected = Expected::load(&expected_path).unwrap();
+    assert!(load.status.success(), "run: {}", text(&load));
+    outputs.push(("the load tool's output".into(), text(&load)));
+    for f in ["report.json", "report.html"] {
+        outputs.push((f.into(), std::fs::read_to_string(report.join(f)).unwrap()));
+    }
+    let expected = Expected::load(&report.join("expected.jsonl")).unwrap();
     let r = env.wait_synced(&expected, Duration::from_secs(120)).await;
     assert!(r.is_exact(), "{}\n{}", r.summary(), w.log_tail());
 
@@ -234,13 +286,13 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
     let api_port = leafsync_testkit::free_port();
     let api_addr = format!("127.0.0.1:{api_port}");
     let api_uri = mongo_user(&stack, &env, MONGO_API, "read").await;
-    let _api = Process::spawn(
+    let mut api_env = loud.to_vec();
+    api_env.push(("LEAFSYNC__API__BIND".into(), api_addr.clone()));
+    api_env.push(("LEAFSYNC__MONGO__URI".into(), api_uri));
+    let api_process = Process::spawn(
         &workspace_bin("leafsync-api"),
         &[],
-        &env.process_env(&[
-            ("LEAFSYNC__API__BIND", &api_addr),
-            ("LEAFSYNC__MONGO__URI", &api_uri),
-        ]),
+        &env.process_env(&refs(&api_env)),
         &format!("{}-api", env.name),
     );
     let api: std::net::SocketAddr = api_addr.parse().unwrap();
@@ -260,6 +312,12 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
         )
     );
 
+    // A bad request's error body, and the API's metrics.
+    for path in ["/image-plant/potato/abc", "/metrics"] {
+        let (_, body) = http_get(api, path).await.unwrap();
+        outputs.push((format!("the API's {path}"), body));
+    }
+
     // Dead letters went out through the listener (Write on the dead-letter topic).
     assert!(w.events_total("outcome=\"dead_lettered\"").await > 0);
     assert!(!env.dead_letters(1, Duration::from_secs(10)).is_empty());
@@ -272,6 +330,11 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
         !lines.is_empty() && lines.iter().all(|l| l.ends_with(" 0"))
     })
     .await;
+
+    outputs.push((
+        "the worker's /metrics".into(),
+        w.get("/metrics").await.unwrap().1,
+    ));
 
     // The backfill: writes and dead-letters through the same principal.
     let file = dir.path().join("potato.jsonl");
@@ -313,6 +376,27 @@ async fn every_kafka_client_works_over_sasl_ssl_with_only_the_documented_acls() 
         0,
         "every committed offset back to 0"
     );
+
+    // The sweep: logs at debug level (the URI shown masked where the worker logs it), command
+    // outputs, reports, metrics and every span the receiver got.
+    let worker_log = w.log_text();
+    assert!(
+        worker_log.contains("leafsync:****@"),
+        "the worker logs its masked URI"
+    );
+    outputs.push(("the worker's log".into(), worker_log));
+    outputs.push(("the API's log".into(), api_process.log_text()));
+    outputs.push(("the backfill's log".into(), bf.log_text()));
+    outputs.push((
+        "the replay's output".into(),
+        text(&refused) + &text(&replay),
+    ));
+    let spans = format!("{:?}", spans.lock().unwrap());
+    assert!(spans.len() > 1_000, "the receiver got spans");
+    outputs.push(("the exported spans".into(), spans));
+    for (what, out) in &outputs {
+        assert_no_secret(what, out);
+    }
 }
 
 /// A second CA, which signed nothing the broker presents.
@@ -371,6 +455,7 @@ async fn expect_refusal(
         "{label}: no `{cause}` in\n{}",
         p.log_tail()
     );
+    assert_no_secret(&format!("the error output of {label}"), &log);
     eprintln!("{label}: stopped in {:?}", started.elapsed());
 }
 
@@ -409,7 +494,7 @@ async fn a_wrong_password_or_an_untrusted_ca_stops_every_binary_with_the_cause()
     let cases = [
         (
             "wrong-password",
-            sasl_env(&stack, WORKER_USER, "not-the-password", &stack.ca_pem()),
+            sasl_env(&stack, WORKER_USER, WRONG_PASSWORD, &stack.ca_pem()),
             "Kafka refused the credentials",
         ),
         (
@@ -446,7 +531,7 @@ async fn a_wrong_password_or_an_untrusted_ca_stops_every_binary_with_the_cause()
     mongo_user(&stack, &env, MONGO_WORKER, "readWrite").await;
     bad_db.push((
         "LEAFSYNC__MONGO__URI".into(),
-        stack.mongo_uri_as(MONGO_WORKER.0, "not-the-password"),
+        stack.mongo_uri_as(MONGO_WORKER.0, WRONG_PASSWORD),
     ));
     let api = workspace_bin("leafsync-api");
     let api_port = leafsync_testkit::free_port().to_string();
