@@ -26,6 +26,15 @@ pub enum ApiError {
     /// MongoDB did not answer in time.
     #[error("the image database is unavailable; retry later")]
     Unavailable,
+    /// Path and query longer than `api.max_uri_bytes`.
+    #[error("path and query are {0} bytes; at most {1} are accepted")]
+    UriTooLong(usize, usize),
+    /// Headers larger than `api.max_header_bytes`.
+    #[error("headers are {0} bytes; at most {1} are accepted")]
+    HeadersTooLarge(usize, usize),
+    /// `api.max_concurrent_requests` are in flight.
+    #[error("too many requests in flight; retry after the Retry-After delay")]
+    Overloaded,
 }
 
 impl ApiError {
@@ -35,7 +44,9 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::ImageNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UriTooLong(..) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(..) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -47,6 +58,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unavailable => "unavailable",
+            ApiError::UriTooLong(..) => "uri_too_long",
+            ApiError::HeadersTooLarge(..) => "headers_too_large",
+            ApiError::Overloaded => "overloaded",
         }
     }
 

@@ -33,9 +33,28 @@ pub struct State {
     /// Coalesced by-id reads, one lane per image type (`None`: `api.coalesce_reads` is off).
     pub reads: Option<Reads>,
     ready: CachedCheck,
+    /// Permits for data requests (`api.max_concurrent_requests`).
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl State {
+    /// A permit to serve `route`, or `Overloaded` at once when every permit is taken. Probes and
+    /// metrics need none: shedding them would restart or unroute a pod for being busy.
+    pub fn admit(
+        &self,
+        route: &routes::Route,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, error::ApiError> {
+        match route {
+            routes::Route::Live | routes::Route::Ready | routes::Route::Metrics => Ok(None),
+            _ => self
+                .admission
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| error::ApiError::Overloaded),
+        }
+    }
+
     /// A new count of `t`'s images, for the `/total` cache to run when it needs one.
     pub fn count(
         &self,
@@ -100,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let store = Store::connect_lazy(&mongo, "leafsync-api").await?;
     let bind = config.api.bind;
     let config_ready_ms = config.api.ready_cache_ms;
+    let max_concurrent = config.api.max_concurrent_requests;
     let metrics = metrics::Metrics::new();
     let reads = config
         .api
@@ -112,6 +132,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics,
         reads,
         ready: CachedCheck::new(ms(config_ready_ms)),
+        admission: Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
     });
     warm_totals(&state);
     tokio::spawn({
@@ -180,6 +201,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on api.bind {bind}: {e}"))?;
     let addr = listener.local_addr()?;
+    let header_read_timeout_ms = state.config.api.header_read_timeout_ms;
     let with_state = warp::any().map(move || state.clone());
     let routes = with_state
         .and(warp::method())
@@ -191,8 +213,57 @@ pub async fn serve(
                 routes::handle(state, method, path.as_str().to_owned(), query, headers)
             },
         );
-    let server = warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await });
-    Ok((addr, tokio::spawn(server.run())))
+    let header_timeout = ms(header_read_timeout_ms);
+    Ok((
+        addr,
+        tokio::spawn(accept_loop(listener, routes, header_timeout, shutdown)),
+    ))
+}
+
+/// Serves `filter` on every connection until `shutdown`, then waits for the requests in flight.
+/// warp's own server has no timer, so hyper could not time out a client that sends its request
+/// head slowly (slowloris); this is warp's loop with hyper's `header_read_timeout` set.
+async fn accept_loop<F>(
+    listener: tokio::net::TcpListener,
+    filter: F,
+    header_timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

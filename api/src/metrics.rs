@@ -37,7 +37,7 @@ impl Metrics {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "leafsync_api_request_duration_seconds",
-                "Request latency by route",
+                "Latency of served requests by route (shed ones excluded)",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

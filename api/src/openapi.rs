@@ -26,7 +26,9 @@ pub fn document() -> Value {
                     "200": {"description": "The image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}},
                     "400": error_response("Unknown image type or invalid id"),
                     "404": error_response("No such image"),
-                    "503": error_response("Database unavailable"),
+                    "414": error_response("Path and query longer than api.max_uri_bytes"),
+                    "431": error_response("Headers larger than api.max_header_bytes"),
+                    "503": error_response("Database unavailable, or overloaded (api.max_concurrent_requests; see Retry-After)"),
                 }
             }},
             "/image-plant/{image_type}/total": {"get": {
@@ -38,7 +40,9 @@ pub fn document() -> Value {
                     "200": {"description": "The count (at most api.total_cache_ttl_ms + 10 s old; exact when the TTL is 0)",
                         "content": {"application/json": {"schema": {"type": "integer", "minimum": 0}}}},
                     "400": error_response("Unknown image type or bad query"),
-                    "503": error_response("Database unavailable"),
+                    "414": error_response("Path and query longer than api.max_uri_bytes"),
+                    "431": error_response("Headers larger than api.max_header_bytes"),
+                    "503": error_response("Database unavailable, or overloaded (api.max_concurrent_requests; see Retry-After)"),
                 }
             }},
             "/live": {"get": {"operationId": "live", "summary": "Liveness",

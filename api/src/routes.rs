@@ -123,7 +123,36 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> warp::reply::R
 }
 
 fn error_response(e: &ApiError) -> warp::reply::Response {
-    json_response(e.status(), &e.body())
+    let mut r = json_response(e.status(), &e.body());
+    if *e == ApiError::Overloaded {
+        // A shed request is cheap to retry soon; a second is ~1,000 requests' worth of service.
+        r.headers_mut()
+            .insert("retry-after", warp::http::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// The size limits, before any routing: a request past them costs nothing more.
+fn within_limits(
+    state: &State,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let api = &state.config.api;
+    let uri = path.len() + query.len();
+    if uri > api.max_uri_bytes {
+        return Err(ApiError::UriTooLong(uri, api.max_uri_bytes));
+    }
+    // As on the wire: "name: value\r\n" per header.
+    let head: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if head > api.max_header_bytes {
+        return Err(ApiError::HeadersTooLarge(head, api.max_header_bytes));
+    }
+    Ok(())
 }
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -249,15 +278,22 @@ pub async fn handle(
     let _ = span.set_parent(parent);
     state.metrics.in_flight.inc();
     let response = async {
-        match routed {
-            Ok(r) => serve(&state, &r)
-                .await
-                .unwrap_or_else(|e| error_response(&e)),
-            Err(e) => error_response(&e),
+        let admitted = within_limits(&state, &path, &query, &headers)
+            .and(routed)
+            .and_then(|r| Ok((state.admit(&r)?, r)));
+        match admitted {
+            Ok((_permit, r)) => (
+                serve(&state, &r)
+                    .await
+                    .unwrap_or_else(|e| error_response(&e)),
+                false,
+            ),
+            Err(e) => (error_response(&e), e == ApiError::Overloaded),
         }
     }
     .instrument(span.clone())
     .await;
+    let (response, shed) = response;
     state.metrics.in_flight.dec();
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
@@ -266,11 +302,15 @@ pub async fn handle(
         .requests
         .with_label_values(&[template, &status.to_string()])
         .inc();
-    state
-        .metrics
-        .latency
-        .with_label_values(&[template])
-        .observe(started.elapsed().as_secs_f64());
+    // The latency of served requests: a shed one answers in microseconds and would hide how
+    // long the admitted ones take (it is counted above, as a 503).
+    if !shed {
+        state
+            .metrics
+            .latency
+            .with_label_values(&[template])
+            .observe(started.elapsed().as_secs_f64());
+    }
     tracing::debug!(method = %method, route = template, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
     response
 }

@@ -551,3 +551,108 @@ async fn sigterm_stops_gracefully() {
         .expect("exits");
     assert!(st.success(), "{}", api.process.log_tail());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_paths_and_headers_get_json_errors_before_any_work() {
+    let api = shared_api().await;
+    let long = format!("/image-plant/potato/{}", "9".repeat(3_000));
+    let (s, body) = get_json(api.addr, &long).await;
+    assert_eq!(s, 414, "{body}");
+    assert_eq!(body["error"], "uri_too_long");
+    assert!(body["message"].as_str().unwrap().contains("at most 2048"));
+
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/image-plant/potato/1", api.addr))
+        .header("x-padding", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "headers_too_large");
+    // Just under the limits, the same request is served.
+    let (s, _) = get_json(
+        api.addr,
+        &format!("/image-plant/potato/1?{}", "a=1&".repeat(400)),
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_concurrency_bound_requests_are_shed_at_once_and_probes_still_answer() {
+    let stack = PrivateStack::start_mongo_only();
+    let api = start_api_with(
+        Some(&stack.mongo_uri),
+        &[("LEAFSYNC__API__MAX_CONCURRENT_REQUESTS", "2")],
+    )
+    .await;
+    let a = api.addr;
+    // With the database down, each data request holds its permit for the request timeout (1 s).
+    stack.stack("stop-mongo");
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get_json(a, "/image-plant/potato/1").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let (s, body, headers) = call(a, "GET", "/image-plant/tomato/total").await;
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "shed at once: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "overloaded"
+    );
+    assert_eq!(headers["retry-after"], "1");
+    for probe in ["/live", "/metrics"] {
+        assert_eq!(call(a, "GET", probe).await.0, 200, "{probe} is never shed");
+    }
+    // Counted as a 503, but not in the latency of served requests.
+    let (_, metrics, _) = call(a, "GET", "/metrics").await;
+    let total = r#"route="/image-plant/{image_type}/total""#;
+    assert!(
+        metrics.contains(&format!(
+            "leafsync_api_requests_total{{{total},status=\"503\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&format!(
+        "leafsync_api_request_duration_seconds_count{{{total}}}"
+    )));
+    for s in slow {
+        assert_eq!(s.await.unwrap().1["error"], "unavailable");
+    }
+    // The permits are back: the next request is admitted (and meets the outage).
+    let (s, body) = get_json(a, "/image-plant/potato/1").await;
+    assert_eq!((s, body["error"].as_str()), (503, Some("unavailable")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_its_request_head_too_slowly_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let api = start_api_with(None, &[("LEAFSYNC__API__HEADER_READ_TIMEOUT_MS", "500")]).await;
+    let mut c = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    // Half a request head, and then nothing (a slowloris client).
+    c.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    let took = t.elapsed();
+    // hyper may answer 408 before closing; either way the connection ends.
+    let rest = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || rest.starts_with("HTTP/1.1 408"), "{rest}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    // A prompt client on a new connection is served.
+    assert_eq!(call(api.addr, "GET", "/live").await.0, 200);
+}

@@ -447,6 +447,14 @@ pub struct ApiConfig {
     pub coalesce_reads: bool,
     /// Most ids in one coalesced query.
     pub max_read_batch: usize,
+    /// Data requests served at once; more are shed with 503.
+    pub max_concurrent_requests: usize,
+    /// Longest path and query (414 past it).
+    pub max_uri_bytes: usize,
+    /// Most header bytes (431 past it).
+    pub max_header_bytes: usize,
+    /// Time a client has to send its request head.
+    pub header_read_timeout_ms: u64,
 }
 
 /// Log output format.
@@ -668,6 +676,16 @@ impl Config {
     fn validate_api_and_telemetry(&self) -> Result<(), ConfigError> {
         positive("api.request_timeout_ms", self.api.request_timeout_ms)?;
         positive("api.max_read_batch", self.api.max_read_batch as u64)?;
+        positive(
+            "api.max_concurrent_requests",
+            self.api.max_concurrent_requests as u64,
+        )?;
+        positive("api.max_uri_bytes", self.api.max_uri_bytes as u64)?;
+        positive("api.max_header_bytes", self.api.max_header_bytes as u64)?;
+        positive(
+            "api.header_read_timeout_ms",
+            self.api.header_read_timeout_ms,
+        )?;
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return Err(invalid("telemetry.sample_ratio", "must be from 0.0 to 1.0"));
         }
