@@ -42,6 +42,11 @@ async fn start_api_with(mongo_uri: Option<&str>, extra: &[(&str, &str)]) -> Api 
             "0".to_owned(),
         ),
         ("LEAFSYNC__API__READY_CACHE_MS".to_owned(), "100".to_owned()),
+        // Tests fire hundreds of requests at once to exercise coalescing, not admission.
+        (
+            "LEAFSYNC__API__MAX_CONCURRENT_REQUESTS".to_owned(),
+            "1024".to_owned(),
+        ),
         (
             "LEAFSYNC__API__REQUEST_TIMEOUT_MS".to_owned(),
             "1000".to_owned(),
