@@ -55,7 +55,10 @@ async fn start_api_with(mongo_uri: Option<&str>, extra: &[(&str, &str)]) -> Api 
     if let Some(u) = mongo_uri {
         env.push(("LEAFSYNC__MONGO__URI".to_owned(), u.to_owned()));
     }
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
     let toml = env_to_toml(&env);
     let config = Config::load_with_overrides(&toml).unwrap();
     let store = Store::connect(&config.mongo, "api-test").await.unwrap();
