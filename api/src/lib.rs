@@ -166,11 +166,7 @@ async fn check_login(store: Store, shutdown: CancellationToken) -> Result<(), St
             Err(e) if e.is_refused_login() => {
                 tracing::error!(error = %e, "MongoDB refuses the login; stopping");
                 shutdown.cancel();
-                return Err(StoreError {
-                    op: "login with the credentials of configuration key `mongo.uri`",
-                    class: leafsync_core::store::ErrorClass::Permanent,
-                    ..e
-                });
+                return Err(e.into_refused_login());
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
         }

@@ -149,6 +149,15 @@ impl StoreError {
         }
     }
 
+    /// This refused login as the permanent error that names the key to fix.
+    pub fn into_refused_login(self) -> Self {
+        Self {
+            op: "login with the credentials of configuration key `mongo.uri`",
+            class: ErrorClass::Permanent,
+            ..self
+        }
+    }
+
     /// The server's error code, when the server answered with one.
     pub fn code(&self) -> Option<i32> {
         match &self.cause {
@@ -264,13 +273,7 @@ impl Store {
                     tracing::warn!(error = %e, "MongoDB not answering yet; retrying");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(e) if e.is_refused_login() => {
-                    return Err(StoreError {
-                        op: "login with the credentials of configuration key `mongo.uri`",
-                        class: ErrorClass::Permanent,
-                        ..e
-                    })
-                }
+                Err(e) if e.is_refused_login() => return Err(e.into_refused_login()),
                 Err(e) => {
                     return Err(StoreError {
                         op: "ping within mongo.startup_timeout_ms",
