@@ -132,7 +132,7 @@ fn error_response(e: &ApiError) -> warp::reply::Response {
     r
 }
 
-/// The size limits, before any routing: a request past them costs nothing more.
+/// The size limits, checked before any database work: a request past them costs nothing more.
 fn within_limits(
     state: &State,
     path: &str,
@@ -277,7 +277,7 @@ pub async fn handle(
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
     let _ = span.set_parent(parent);
     state.metrics.in_flight.inc();
-    let response = async {
+    let (response, shed) = async {
         let admitted = within_limits(&state, &path, &query, &headers)
             .and(routed)
             .and_then(|r| Ok((state.admit(&r)?, r)));
@@ -293,7 +293,6 @@ pub async fn handle(
     }
     .instrument(span.clone())
     .await;
-    let (response, shed) = response;
     state.metrics.in_flight.dec();
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);

@@ -1,7 +1,7 @@
 //! Kafka errors that no retry fixes: the broker refuses the credentials, its certificate fails
-//! verification, or an ACL denies the principal the group or a topic. librdkafka reports both through the error callback and then retries for
-//! ever, so a worker with a wrong password would sit unready without saying why in its exit
-//! status. [`AccessWatch`] turns them into one clear, fatal reason.
+//! verification, or an ACL denies the principal the group or a topic. librdkafka reports them
+//! and then retries for ever, so a worker with a wrong password would sit unready without saying
+//! why in its exit status. [`AccessWatch`] turns them into one clear, fatal reason.
 //!
 //! Which codes mean what, in librdkafka 2.12:
 //! - `__AUTHENTICATION`: the broker answered SaslAuthenticate with an error (wrong password,
@@ -11,9 +11,8 @@
 //!   `rd_kafka_transport_ssl_verify` ~603/610, `rd_kafka_transport_ssl_handshake` ~680). A
 //!   disconnect during the handshake is reported as `__TRANSPORT` instead (~674-678), so a
 //!   restarting broker does not look like a TLS failure.
-//!
 //! - `GROUP_`/`TOPIC_`/`CLUSTER_AUTHORIZATION_FAILED`: the broker's authorizer said no; the
-//!   consumer gets them from its queue, not the error callback (see the worker's consumer loop).
+//!   consumer gets them from its queue, not the error callback ([`AccessWatch::observe_queued`]).
 //!
 //! A refusal is fatal only when it repeats ([`REPEATS`] within [`WINDOW`]): one can be a race
 //! with a broker restart (a disconnect mid-authentication), while a wrong password or an
@@ -84,6 +83,13 @@ impl AccessWatch {
     /// made it fatal (the hook has then been called).
     pub fn observe(&self, error: &KafkaError, reason: &str) -> Option<String> {
         self.observe_at(error, reason, Instant::now())
+    }
+
+    /// Feeds an error a consumer got from its queue (`poll`/`recv`): with a group id, librdkafka
+    /// forwards its main queue to the consumer's, and rdkafka returns those errors instead of
+    /// calling the context's `error`, so they carry no separate reason text.
+    pub fn observe_queued(&self, error: &KafkaError) -> Option<String> {
+        self.observe(error, &error.to_string())
     }
 
     fn observe_at(&self, error: &KafkaError, reason: &str, now: Instant) -> Option<String> {

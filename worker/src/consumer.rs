@@ -340,8 +340,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 Ok(msg) => consumer.context().route_straggler(msg.detach()),
                 Err(e) => {
                     tracing::warn!(error = %e, "Kafka consumer error; retrying");
-                    // Errors of the group's queue come here, not to the context's `error`.
-                    consumer.context().access.observe(&e, &e.to_string());
+                    consumer.context().access.observe_queued(&e);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

@@ -126,17 +126,14 @@ fn chosen_topics(config: &Config, topics: &[String]) -> Result<Vec<String>, Repl
     })
 }
 
-/// Running workers would overwrite the reset with their own commits.
-/// Waits (up to [`TIMEOUT`]) until the broker answers, serving the client's events meanwhile. A
-/// consumer with a group id gets its errors from `poll` (librdkafka forwards the main queue to
-/// the consumer's, and rdkafka returns them instead of calling the context), so a refused
-/// password or certificate is fed to the access watch here, which stops the command with the
-/// cause instead of a bare timeout seconds later.
+/// Waits (up to [`TIMEOUT`]) until the broker answers, polling meanwhile: a refused password or
+/// certificate reaches this consumer only through `poll`, and the access watch then stops the
+/// command with the cause instead of a bare timeout seconds later.
 fn wait_for_broker(consumer: &BaseConsumer<WatchedContext>) -> Result<(), ReplayError> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-            consumer.context().access.observe(&e, &e.to_string());
+            consumer.context().access.observe_queued(&e);
         }
         match consumer.fetch_metadata(None, Duration::from_millis(500)) {
             Ok(_) => return Ok(()),
@@ -146,6 +143,7 @@ fn wait_for_broker(consumer: &BaseConsumer<WatchedContext>) -> Result<(), Replay
     }
 }
 
+/// Running workers would overwrite the reset with their own commits.
 fn refuse_if_active(
     consumer: &BaseConsumer<WatchedContext>,
     group: &str,

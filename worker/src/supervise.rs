@@ -1,10 +1,10 @@
 //! Failures that must stop the worker instead of stalling it: a panicking partition task or
 //! writer lane, a dead letter the broker will never accept, or a broker that keeps refusing the
-//! credentials or failing TLS. Without this, tokio would catch
-//! the panic, the partition would stay parked with nothing reading it, and only `/live` would
-//! notice, minutes later. A fast, loud exit is better: the orchestrator restarts the worker,
-//! the other partitions drain and commit as on SIGTERM, and the failed one resumes from its
-//! committed offset (its failed batch was never stored).
+//! credentials or failing TLS. Without this, tokio would catch the panic, the partition would
+//! stay parked with nothing reading it, and only `/live` would notice, minutes later. A fast,
+//! loud exit is better: the orchestrator restarts the worker, the other partitions drain and
+//! commit as on SIGTERM, and the failed one resumes from its committed offset (its failed batch
+//! was never stored).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
