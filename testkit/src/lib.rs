@@ -2,11 +2,14 @@
 //! private stacks for fault tests, and child processes of the real binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is a test failure
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod netns;
+pub use netns::{NetNs, Server};
 
 /// A name no other test (or earlier run) uses; also valid as a topic and database name.
 pub fn unique(prefix: &str) -> String {
@@ -79,12 +82,31 @@ pub struct PrivateStack {
     pub mongo_uri: String,
     /// `host:port` of its SASL_SSL listener, when started with [`PrivateStack::start_secure`].
     pub sasl: Option<String>,
+    mongo_host: Ipv4Addr,
 }
 
 impl PrivateStack {
     /// Starts both servers (Apache Kafka and the MongoDB stand-in).
     pub fn start() -> Self {
         let s = Self::new();
+        s.stack("up");
+        s
+    }
+
+    /// Starts both servers listening on these addresses instead of loopback (the broker also
+    /// advertises its own), e.g. a [`NetNs`]'s, so a namespace can reach them.
+    pub fn start_at(kafka_host: Ipv4Addr, mongo_host: Ipv4Addr) -> Self {
+        let mut s = Self::new_at(kafka_host, mongo_host);
+        s.env.extend([
+            (
+                "LEAFSYNC_STACK_KAFKA_HOST".to_owned(),
+                kafka_host.to_string(),
+            ),
+            (
+                "LEAFSYNC_STACK_MONGO_HOST".to_owned(),
+                mongo_host.to_string(),
+            ),
+        ]);
         s.stack("up");
         s
     }
@@ -110,7 +132,7 @@ impl PrivateStack {
             "LEAFSYNC_STACK_MONGO_ADMIN".to_owned(),
             format!("{}={}", mongo_admin.0, mongo_admin.1),
         ));
-        s.sasl = Some(format!("127.0.0.1:{port}"));
+        s.sasl = Some(format!("{}:{port}", Ipv4Addr::LOCALHOST));
         s.mongo_uri = s.mongo_uri_as(mongo_admin.0, mongo_admin.1);
         s.stack("up");
         s
@@ -126,7 +148,8 @@ impl PrivateStack {
             .map(|(_, v)| v.clone())
             .unwrap();
         format!(
-            "mongodb://{user}:{password}@127.0.0.1:{port}/?directConnection=true&authSource=admin&tls=true&tlsCAFile={}",
+            "mongodb://{user}:{password}@{}:{port}/?directConnection=true&authSource=admin&tls=true&tlsCAFile={}",
+            self.mongo_host,
             self.run.join("tls/ca.pem").display()
         )
     }
@@ -144,6 +167,10 @@ impl PrivateStack {
     }
 
     fn new() -> Self {
+        Self::new_at(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST)
+    }
+
+    fn new_at(kafka_host: Ipv4Addr, mongo_host: Ipv4Addr) -> Self {
         let (kp, cp, mp) = (free_port(), free_port(), free_port());
         let run = std::env::temp_dir().join(unique("leafsync-stack-"));
         let env = vec![
@@ -157,9 +184,10 @@ impl PrivateStack {
         Self {
             env,
             run,
-            kafka: format!("127.0.0.1:{kp}"),
-            mongo_uri: format!("mongodb://127.0.0.1:{mp}/?directConnection=true"),
+            kafka: format!("{kafka_host}:{kp}"),
+            mongo_uri: format!("mongodb://{mongo_host}:{mp}/?directConnection=true"),
             sasl: None,
+            mongo_host,
         }
     }
 

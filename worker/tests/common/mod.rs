@@ -23,7 +23,7 @@ use rdkafka::message::{Headers, Message};
 
 pub const PARTITIONS: i32 = 6;
 
-pub use leafsync_testkit::{env_to_toml, free_port, unique, Cleanup, PrivateStack};
+pub use leafsync_testkit::{env_to_toml, free_port, unique, Cleanup, NetNs, PrivateStack};
 
 /// Drops the test's database and deletes its topics (the stack may be a private one that is
 /// already gone: then there is nothing to clean).
@@ -139,20 +139,34 @@ impl TestEnv {
 
     /// Starts a worker process with this env's settings plus `extra` env vars.
     pub fn spawn_worker(&self, label: &str, extra: &[(&str, &str)]) -> Worker {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut env = self.process_env(&[("LEAFSYNC__WORKER__ADMIN_ADDR", &addr)]);
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let env = self.worker_env(admin, extra);
         let process = Process::spawn(
             Path::new(env!("CARGO_BIN_EXE_leafsync-worker")),
             &[],
             &env,
             &format!("{}-{label}", self.name),
         );
-        Worker {
-            process,
-            admin: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
+        Worker { process, admin }
+    }
+
+    /// Starts a worker inside `ns`, its admin port on the namespace's address.
+    pub fn spawn_worker_in(&self, ns: &NetNs, label: &str, extra: &[(&str, &str)]) -> Worker {
+        let admin = SocketAddr::from((ns.inner_ip, free_port()));
+        let env = self.worker_env(admin, extra);
+        let process = ns.spawn(
+            Path::new(env!("CARGO_BIN_EXE_leafsync-worker")),
+            &[],
+            &env,
+            &format!("{}-{label}", self.name),
+        );
+        Worker { process, admin }
+    }
+
+    fn worker_env(&self, admin: SocketAddr, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.process_env(&[("LEAFSYNC__WORKER__ADMIN_ADDR", &admin.to_string())]);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
     }
 
     /// Starts `leafsync-worker backfill ARGS` with this env's settings plus `extra` env vars.
@@ -529,8 +543,32 @@ impl Worker {
             })
     }
 
+    /// The value of a metric without labels (a gauge such as
+    /// `leafsync_worker_assigned_partitions`). Panics when `/metrics` does not answer.
+    pub async fn gauge(&self, metric: &str) -> i64 {
+        let (status, body) = self.get("/metrics").await.unwrap_or_else(|| {
+            panic!("the worker's /metrics does not answer\n{}", self.log_tail())
+        });
+        assert_eq!(status, 200, "/metrics");
+        let prefix = format!("{metric} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {metric} in /metrics")) as i64
+    }
+
     /// [`metric_total`](Self::metric_total), or `None` when `/metrics` does not answer 200.
     pub async fn try_metric_total(&self, metric: &str, filter: &str) -> Option<u64> {
+        Some(self.try_metric_sum(metric, filter).await? as u64)
+    }
+
+    /// Like [`metric_total`](Self::metric_total), unrounded (a histogram's `_sum` in seconds).
+    pub async fn metric_sum(&self, metric: &str, filter: &str) -> f64 {
+        self.try_metric_sum(metric, filter)
+            .await
+            .unwrap_or_else(|| panic!("the worker's /metrics does not answer\n{}", self.log_tail()))
+    }
+
+    async fn try_metric_sum(&self, metric: &str, filter: &str) -> Option<f64> {
         let (status, body) = self.get("/metrics").await?;
         if status != 200 {
             return None;
@@ -540,7 +578,7 @@ impl Worker {
             body.lines()
                 .filter(|l| l.starts_with(&prefix) && l.contains(filter))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64,
+                .sum::<f64>(),
         )
     }
 }
