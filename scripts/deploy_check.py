@@ -251,7 +251,7 @@ for overlay in ["local", "gke"]:
         ta = find(docs, "TriggerAuthentication", trig[0]["authenticationRef"]["name"])
         check(f"{overlay}: TriggerAuthentication exists", ta is not None)
         # The keys kedacore/keda's apache-kafka scaler reads (pkg/scalers/apache_kafka_scaler.go,
-        # struct tags l.52-82 at 8b4f083): anything else is silently ignored.
+        # struct tags l.50-86 at v2.21.1): anything else is silently ignored.
         reads_metadata = {"bootstrapServers", "consumerGroup", "topic", "partitionLimitation", "lagThreshold",
                           "activationLagThreshold", "offsetResetPolicy", "allowIdleConsumers",
                           "excludePersistentLag", "scaleToZeroOnInvalidOffset", "limitToPartitionsWithLag",

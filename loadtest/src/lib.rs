@@ -6,6 +6,7 @@
 
 pub mod bench_db;
 pub mod expected;
+pub mod fleet;
 pub mod flood;
 pub mod generator;
 pub mod poison;

@@ -163,6 +163,45 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The autoscaling drill: KEDA's metric and the HPA's count, computed from the shipped
+    /// ScaledObject and Deployment every HPA sync, carried out with real worker processes under a
+    /// traffic profile; verifies, and writes report.json/html.
+    Fleet {
+        /// Traffic shape.
+        #[arg(long, value_enum, default_value = "step")]
+        profile: leafsync_loadtest::fleet::Profile,
+        /// Events/s outside the peak.
+        #[arg(long, default_value_t = 500.0)]
+        base: f64,
+        /// Events/s at the peak (for `steady`, the one rate).
+        #[arg(long, default_value_t = 5000.0)]
+        peak: f64,
+        /// Divide every window, period and the lag threshold by this (a shorter drill with the
+        /// same decisions); the report prints it.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// The ScaledObject as deployed.
+        #[arg(long, default_value = "keda/scaledobject.yaml")]
+        scaled_object: PathBuf,
+        /// The worker Deployment as deployed.
+        #[arg(long, default_value = "k8s/base/worker.yaml")]
+        deployment: PathBuf,
+        /// The worker binary (default: leafsync-worker beside this one).
+        #[arg(long)]
+        worker_bin: Option<PathBuf>,
+        /// Ids per image type.
+        #[arg(long, default_value_t = 1000)]
+        ids_per_type: i64,
+        /// RNG seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give up verifying after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Output directory.
+        #[arg(long, default_value = "fleet-report")]
+        out: PathBuf,
+    },
     /// Measure the database's raw write ceiling with batched guarded upserts.
     BenchDb {
         /// Documents to write.
@@ -278,8 +317,91 @@ fn print_run_summary(r: &RunReport, out: &std::path::Path) {
     );
 }
 
-async fn main_async(config: Config, command: Command) -> anyhow::Result<bool> {
+async fn main_async(
+    config: Config,
+    config_file: Option<PathBuf>,
+    command: Command,
+) -> anyhow::Result<bool> {
     match command {
+        Command::Fleet {
+            profile,
+            base,
+            peak,
+            time_scale,
+            scaled_object,
+            deployment,
+            worker_bin,
+            ids_per_type,
+            seed,
+            timeout,
+            out,
+        } => {
+            anyhow::ensure!(time_scale >= 1.0, "--time-scale must be at least 1");
+            let worker_bin = match worker_bin {
+                Some(b) => b,
+                None => std::env::current_exe()?.with_file_name("leafsync-worker"),
+            };
+            let fc = leafsync_loadtest::fleet::FleetConfig {
+                profile,
+                base,
+                peak,
+                time_scale,
+                scaled_object,
+                deployment,
+                worker_bin,
+                config_file: config_file
+                    .or_else(|| std::env::var_os("LEAFSYNC_CONFIG").map(PathBuf::from)),
+                gen: GenConfig {
+                    seed,
+                    ids_per_type,
+                    delete_ratio: 0.05,
+                    start: Utc::now(),
+                },
+                timeout: Duration::from_secs(timeout),
+                out: out.clone(),
+            };
+            let r = leafsync_loadtest::fleet::drill(&config, fc).await?;
+            let s = &r.summary;
+            let secs =
+                |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |x| format!("{x:.0} s"));
+            println!(
+                "fleet drill {:?}, time scale {} (model seconds below)",
+                r.profile, r.time_scale
+            );
+            println!(
+                "  first scale-up after the step  {}",
+                secs(s.first_scale_up_s)
+            );
+            println!(
+                "  lag back under threshold       {}",
+                secs(s.lag_under_threshold_s)
+            );
+            println!(
+                "  peak lag / replicas            {} / {}",
+                s.peak_lag, s.peak_replicas
+            );
+            println!(
+                "  scale-in delay                 {}",
+                secs(s.scale_in_delay_s)
+            );
+            println!(
+                "  scale events / reversals       {} / {}",
+                s.scale_events, s.reversals
+            );
+            for c in &r.cpu {
+                println!(
+                    "  cpu {:<28} {:.1} s ({:.0}% of a core)",
+                    c.process, c.seconds, c.percent
+                );
+            }
+            print_report(&r.verify, None);
+            println!(
+                "report: {}/report.html ({}/report.json)",
+                out.display(),
+                out.display()
+            );
+            Ok(r.verify.is_exact())
+        }
         Command::Flood { args, expected } => {
             let fc = args.to_config();
             let x = flood(&config, &fc, progress(fc.count)).await?;
@@ -476,7 +598,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     process::run("leafsync-loadtest", config, |config, _token| async move {
-        main_async(config, cli.command)
+        main_async(config, cli.config, cli.command)
             .await
             .map_err(|e| format!("{e:#}").into())
     })

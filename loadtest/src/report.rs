@@ -59,9 +59,9 @@ pub struct StageLatency {
 }
 
 /// One line of a chart: its legend, colour and (seconds, value) points.
-type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+pub(crate) type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-fn chart(title: &str, series: &[Series<'_>], y_label: &str) -> anyhow::Result<String> {
+pub(crate) fn chart(title: &str, series: &[Series<'_>], y_label: &str) -> anyhow::Result<String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (900, 300)).into_drawing_area();

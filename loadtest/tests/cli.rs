@@ -2,77 +2,27 @@
 //! lost and a stale document and exits non-zero, poison events all reach the dead-letter topic.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
-use leafsync_core::{Config, Store};
-use leafsync_kafka::admin::{delete_topics, ensure_topics};
+use common::{sibling, Isolated};
+use leafsync_core::Store;
 use leafsync_loadtest::expected::Expected;
-use leafsync_testkit::{env_to_toml, free_port, unique, wait_for_status, Cleanup, Process};
+use leafsync_testkit::{free_port, wait_for_status, Process};
 use mongodb::bson::doc;
-
-fn sibling(bin: &str) -> PathBuf {
-    // `cargo test --workspace` builds every binary into the same directory.
-    let p = Path::new(env!("CARGO_BIN_EXE_leafsync-loadtest")).with_file_name(bin);
-    assert!(
-        p.exists(),
-        "{} not built (run cargo test --workspace)",
-        p.display()
-    );
-    p
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_passes_and_verify_catches_lost_and_stale_documents() {
-    let name = unique("lt");
     let port = free_port();
-    let env: Vec<(String, String)> = vec![
-        (
-            "LEAFSYNC__TYPES__POTATO__TOPIC".into(),
-            format!("{name}.potato"),
-        ),
-        (
-            "LEAFSYNC__TYPES__TOMATO__TOPIC".into(),
-            format!("{name}.tomato"),
-        ),
-        (
-            "LEAFSYNC__TYPES__PEPPER__TOPIC".into(),
-            format!("{name}.pepper"),
-        ),
-        (
-            "LEAFSYNC__KAFKA__DEAD_LETTER_TOPIC".into(),
-            format!("{name}.dlq"),
-        ),
-        (
-            "LEAFSYNC__KAFKA__GROUP_ID".into(),
-            format!("{name}.workers"),
-        ),
-        ("LEAFSYNC__MONGO__DATABASE".into(), name.clone()),
-        (
-            "LEAFSYNC__WORKER__ADMIN_ADDR".into(),
-            format!("127.0.0.1:{port}"),
-        ),
-    ];
-    let toml = env_to_toml(&env);
-    let config = Config::load_with_overrides(&toml).unwrap();
-    let mut topics = config.types.topics();
-    topics.push(config.kafka.dead_letter_topic.clone());
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    ensure_topics(&config.kafka, &refs, 6).await.unwrap();
-    let _cleanup = {
-        let config = config.clone();
-        Cleanup::new(format!("database {name}"), move || async move {
-            let store = Store::connect_lazy(&config.mongo, "lt-cleanup")
-                .await
-                .map_err(|e| e.to_string())?;
-            store.database().drop().await.map_err(|e| e.to_string())?;
-            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-            delete_topics(&config.kafka, &refs)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    };
+    let iso = Isolated::new().await;
+    let (name, config) = (&iso.name, &iso.config);
+    let mut env = iso.env.clone();
+    env.push((
+        "LEAFSYNC__WORKER__ADMIN_ADDR".into(),
+        format!("127.0.0.1:{port}"),
+    ));
 
     let worker = Process::spawn(
         &sibling("leafsync-worker"),
