@@ -176,8 +176,9 @@ enum Command {
         /// Events/s at the peak (for `steady`, the one rate).
         #[arg(long, default_value_t = 5000.0)]
         peak: f64,
-        /// Divide every window, period and the lag threshold by this (a shorter drill with the
-        /// same decisions); the report prints it.
+        /// Run the model clock this many times faster: windows, periods, the lag threshold and the
+        /// workers' commit interval shrink by it (a shorter drill with the same decisions); the
+        /// report prints it.
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
         /// The ScaledObject as deployed.

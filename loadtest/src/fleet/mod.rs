@@ -13,8 +13,10 @@
 //! A time scale `k` runs the model clock `k` times faster than real time: the HPA's syncs, its
 //! windows and periods, and the profile all happen `k` times sooner, and the lag threshold (a
 //! rate × a catch-up time; the rates stay real) is divided by `k`, so a drill `k` times shorter
-//! makes the same decisions. The processes (start-up, drain, the kubelet's grace period) stay
-//! real. Reported times are model seconds.
+//! makes the same decisions. The workers' commit interval is divided by `k` too: the lag KEDA
+//! reads includes up to one commit interval of events, which would otherwise weigh `k` times
+//! more against the divided threshold. The processes (start-up, drain, the kubelet's grace
+//! period) stay real. Reported times are model seconds.
 
 pub mod autoscale;
 pub mod settings;
@@ -155,9 +157,11 @@ pub struct ScaleEvent {
     pub to: i32,
     /// Assignments the workers received (a rebalance gives one per member).
     pub assignments: u64,
-    /// Partitions whose committed offset stood still with lag for more than 2 s (real).
-    pub stalled_partitions: usize,
-    /// The longest such stand-still, real seconds.
+    /// Each partition whose committed offset stood still with lag for more than 2 s (real):
+    /// `topic/partition` and for how long, longest first. A partition that moves stands still from
+    /// its old owner's last commit to its new owner's first.
+    pub idle_partitions: Vec<(String, f64)>,
+    /// The longest of those, real seconds.
     pub longest_idle_s: f64,
 }
 
@@ -222,7 +226,12 @@ pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetRepo
         s.up.clone(),
         s.down.clone(),
     );
-    let mut fleet = Fleet::new(&fc, Duration::from_secs(u64::from(s.grace_period_s)));
+    let commit_ms = ((config.worker.commit_interval_ms as f64 / k).round() as u64).max(1);
+    let mut fleet = Fleet::new(
+        &fc,
+        Duration::from_secs(u64::from(s.grace_period_s)),
+        commit_ms,
+    );
     let cpu_start = ProcCpu::read_stack();
     // The Deployment starts at the minimum.
     fleet.scale_to(s.min_replicas)?;
@@ -267,7 +276,7 @@ pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetRepo
             let d: Decision = hpa.sync(model_now(), fleet.spec, fleet.running(), metric);
             if d.desired != d.spec_replicas {
                 if let Some(e) = events.last_mut() {
-                    e.close(&mut idle, fleet.assignments(&client).await);
+                    e.close(&mut idle, &offsets.names, fleet.assignments(&client).await);
                 }
                 events.push(ScaleEvent::open(
                     d.at_s,
@@ -317,7 +326,7 @@ pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetRepo
     expected.save(&fc.out.join("expected.jsonl"))?;
     let verify = wait_until_synced(&store, &config.types, &expected, fc.timeout).await?;
     if let Some(e) = events.last_mut() {
-        e.close(&mut idle, fleet.assignments(&client).await);
+        e.close(&mut idle, &offsets.names, fleet.assignments(&client).await);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut cpu = fleet.stop_all().await;
@@ -392,6 +401,8 @@ async fn produce(config: Config, fc: FleetConfig, started: Instant) -> anyhow::R
 struct Offsets {
     consumer: BaseConsumer,
     tpl: TopicPartitionList,
+    /// `topic/partition`, in the order `read` returns them.
+    names: Vec<String>,
 }
 
 impl Offsets {
@@ -412,7 +423,16 @@ impl Offsets {
                 }
             }
         }
-        Ok(Self { consumer, tpl })
+        let names = tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}", e.topic(), e.partition()))
+            .collect();
+        Ok(Self {
+            consumer,
+            tpl,
+            names,
+        })
     }
 
     fn read(&self) -> anyhow::Result<Vec<PartitionOffsets>> {
@@ -445,6 +465,8 @@ impl Offsets {
 /// Worker processes, as a Deployment's pods.
 struct Fleet {
     bin: PathBuf,
+    /// `worker.commit_interval_ms` for the workers (divided by the time scale).
+    commit_ms: u64,
     config_file: Option<PathBuf>,
     logs: PathBuf,
     grace: Duration,
@@ -469,9 +491,10 @@ struct WorkerProc {
 }
 
 impl Fleet {
-    fn new(fc: &FleetConfig, grace: Duration) -> Self {
+    fn new(fc: &FleetConfig, grace: Duration, commit_ms: u64) -> Self {
         Self {
             bin: fc.worker_bin.clone(),
+            commit_ms,
             config_file: fc.config_file.clone(),
             logs: fc.out.join("workers"),
             grace,
@@ -503,6 +526,10 @@ impl Fleet {
                 std::fs::File::create(self.logs.join(format!("worker-{}.log", self.spawned)))?;
             let mut cmd = tokio::process::Command::new(&self.bin);
             cmd.env("LEAFSYNC__WORKER__ADMIN_ADDR", format!("127.0.0.1:{port}"))
+                .env(
+                    "LEAFSYNC__WORKER__COMMIT_INTERVAL_MS",
+                    self.commit_ms.to_string(),
+                )
                 .stdout(Stdio::from(log.try_clone()?))
                 .stderr(Stdio::from(log))
                 .kill_on_drop(true);
@@ -702,20 +729,21 @@ impl ScaleEvent {
             from,
             to,
             assignments,
-            stalled_partitions: 0,
+            idle_partitions: Vec::new(),
             longest_idle_s: 0.0,
         }
     }
 
     /// Ends the event's period: assignments since it opened, stand-stills that ended in it.
-    fn close(&mut self, idle: &mut IdleTracker, assignments: u64) {
+    fn close(&mut self, idle: &mut IdleTracker, names: &[String], assignments: u64) {
         self.assignments = assignments.saturating_sub(self.assignments);
-        let ended = std::mem::take(&mut idle.ended);
-        let mut parts: Vec<usize> = ended.iter().map(|e| e.0).collect();
-        parts.sort_unstable();
-        parts.dedup();
-        self.stalled_partitions = parts.len();
-        self.longest_idle_s = ended.iter().map(|e| e.1).fold(0.0, f64::max);
+        let mut ended: Vec<(String, f64)> = std::mem::take(&mut idle.ended)
+            .into_iter()
+            .map(|(i, s)| (names.get(i).cloned().unwrap_or_default(), s))
+            .collect();
+        ended.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.longest_idle_s = ended.first().map_or(0.0, |e| e.1);
+        self.idle_partitions = ended;
     }
 }
 
