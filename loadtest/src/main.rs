@@ -200,7 +200,7 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
         /// Output directory.
-        #[arg(long, default_value = "fleet-report")]
+        #[arg(long, default_value = "reports/fleet")]
         out: PathBuf,
     },
     /// Measure the database's raw write ceiling with batched guarded upserts.
@@ -322,6 +322,7 @@ async fn main_async(
     config: Config,
     config_file: Option<PathBuf>,
     command: Command,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<bool> {
     match command {
         Command::Fleet {
@@ -361,7 +362,7 @@ async fn main_async(
                 timeout: Duration::from_secs(timeout),
                 out: out.clone(),
             };
-            let r = leafsync_loadtest::fleet::drill(&config, fc).await?;
+            let r = leafsync_loadtest::fleet::drill(&config, fc, shutdown).await?;
             let s = &r.summary;
             let secs =
                 |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |x| format!("{x:.0} s"));
@@ -598,8 +599,8 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    process::run("leafsync-loadtest", config, |config, _token| async move {
-        main_async(config, cli.config, cli.command)
+    process::run("leafsync-loadtest", config, |config, token| async move {
+        main_async(config, cli.config, cli.command, token)
             .await
             .map_err(|e| format!("{e:#}").into())
     })

@@ -8,8 +8,10 @@ use leafsync_core::Config;
 use leafsync_kafka::offsets::positions;
 use leafsync_kafka::ClientConfigExt as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+
+use crate::fleet::autoscale::PartitionOffsets;
 
 /// One sample.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -69,6 +71,44 @@ impl OffsetProbe {
             }
         }
         Ok(Self { consumer, tpl })
+    }
+
+    /// `topic/partition` of each partition, in the order of
+    /// [`read_partitions`](Self::read_partitions).
+    pub fn names(&self) -> Vec<String> {
+        self.tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}", e.topic(), e.partition()))
+            .collect()
+    }
+
+    /// Each partition's committed offset (`None` before the group's first commit) and
+    /// watermarks, as KEDA's scaler reads them. Blocking.
+    pub fn read_partitions(&self) -> anyhow::Result<Vec<PartitionOffsets>> {
+        let committed = self
+            .consumer
+            .committed_offsets(self.tpl.clone(), Duration::from_secs(10))?;
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let (earliest, latest) = self.consumer.fetch_watermarks(
+                    e.topic(),
+                    e.partition(),
+                    Duration::from_secs(10),
+                )?;
+                let committed = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                Ok(PartitionOffsets {
+                    committed,
+                    earliest,
+                    latest,
+                })
+            })
+            .collect()
     }
 
     /// (sum of high watermarks, sum of committed offsets). Blocking.

@@ -1,5 +1,5 @@
 //! The CI-sized autoscaling drill: `leafsync-loadtest fleet` with the shipped ScaledObject and
-//! Deployment, time-scaled 10×, a step from 300 to 8,000 events/s and back, real workers on the
+//! Deployment, time-scaled 10×, a step from 300 to 12,000 events/s and back, real workers on the
 //! shared stack. Each HPA sync is checked against the rules it must follow, computed here from
 //! the poll's own inputs; the fleet grows and shrinks back; nothing is lost or stale.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure with its message
@@ -11,7 +11,7 @@ use std::process::Command;
 use common::{sibling, Isolated};
 
 /// The shipped `lagThreshold` (keda/scaledobject.yaml) divided by the time scale.
-const THRESHOLD: i64 = 40_000 / 10;
+const THRESHOLD: i64 = 80_000 / 10;
 /// 3 topics × 6 partitions: KEDA caps the metric at that many replicas' worth.
 const PARTITIONS: i64 = 18;
 
@@ -22,7 +22,7 @@ async fn a_step_scales_the_fleet_out_and_back_by_the_shipped_rules_and_loses_not
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = Command::new(env!("CARGO_BIN_EXE_leafsync-loadtest"))
         .args(["fleet", "--profile", "step", "--time-scale", "10"])
-        .args(["--base", "300", "--peak", "8000", "--timeout", "240"])
+        .args(["--base", "300", "--peak", "12000", "--timeout", "240"])
         .arg("--worker-bin")
         .arg(sibling("leafsync-worker"))
         .arg("--scaled-object")
@@ -86,7 +86,7 @@ async fn a_step_scales_the_fleet_out_and_back_by_the_shipped_rules_and_loses_not
     }
     let s = &r["summary"];
     assert!(
-        s["peak_replicas"].as_i64().unwrap() >= 3,
+        s["peak_replicas"].as_i64().unwrap() >= 2,
         "the step scaled out: {s}"
     );
     assert_eq!(

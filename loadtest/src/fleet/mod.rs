@@ -29,15 +29,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use leafsync_core::{Config, Store};
-use leafsync_kafka::ClientConfigExt as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::expected::Expected;
 use crate::generator::{GenConfig, Generator};
 use crate::producer::EventProducer;
-use crate::sample::{delta, histogram, quantile, scrape};
+use crate::sample::{delta, histogram, quantile, scrape, OffsetProbe};
 use crate::verify::{wait_until_synced, Report as VerifyReport};
 use autoscale::{Decision, Hpa, PartitionOffsets};
 use settings::Settings;
@@ -207,18 +205,24 @@ pub struct FleetReport {
     pub windows: Vec<Window>,
     pub scale_events: Vec<ScaleEvent>,
     pub cpu: Vec<Cpu>,
+    /// Workers that exited on their own during the drill (replaced at once).
+    pub worker_restarts: u32,
     pub verify: VerifyReport,
 }
 
 /// Runs the drill; the report is also written to `fc.out`.
-pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetReport> {
+pub async fn drill(
+    config: &Config,
+    fc: FleetConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FleetReport> {
     let shipped = Settings::load(&fc.scaled_object, &fc.deployment)?;
     let s = shipped.time_scaled(fc.time_scale);
     let k = fc.time_scale;
     let sync_real = Duration::from_secs_f64(HPA_SYNC_S / k);
     let store = Store::connect(&config.mongo, "leafsync-loadtest").await?;
     std::fs::create_dir_all(fc.out.join("workers"))?;
-    let offsets = Arc::new(Offsets::new(config)?);
+    let offsets = Arc::new(OffsetProbe::new(config)?);
     let mut hpa = Hpa::new(
         s.min_replicas,
         s.max_replicas,
@@ -259,24 +263,35 @@ pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetRepo
                 break;
             }
         }
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => {
+                producing.abort();
+                fleet.stop_all().await;
+                anyhow::bail!("interrupted: the drill stopped its workers and did not verify");
+            }
+        }
         let parts = {
             let o = offsets.clone();
-            tokio::task::spawn_blocking(move || o.read()).await??
+            tokio::task::spawn_blocking(move || o.read_partitions()).await??
         };
         let lag: i64 = parts
             .iter()
             .map(|p| p.latest - p.committed.unwrap_or(p.earliest))
             .sum();
         idle.observe(&parts, started.elapsed().as_secs_f64());
-        fleet.reap();
+        fleet.reap()?;
         if Instant::now() >= next_sync {
             next_sync += sync_real;
             let metric = s.trigger.total_lag(&parts);
             let d: Decision = hpa.sync(model_now(), fleet.spec, fleet.running(), metric);
             if d.desired != d.spec_replicas {
                 if let Some(e) = events.last_mut() {
-                    e.close(&mut idle, &offsets.names, fleet.assignments(&client).await);
+                    e.close(
+                        &mut idle,
+                        &offsets.names(),
+                        fleet.assignments(&client).await,
+                    );
                 }
                 events.push(ScaleEvent::open(
                     d.at_s,
@@ -324,9 +339,19 @@ pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetRepo
     }
     let expected = producing.await??;
     expected.save(&fc.out.join("expected.jsonl"))?;
-    let verify = wait_until_synced(&store, &config.types, &expected, fc.timeout).await?;
+    let verify = tokio::select! {
+        v = wait_until_synced(&store, &config.types, &expected, fc.timeout) => v?,
+        () = shutdown.cancelled() => {
+            fleet.stop_all().await;
+            anyhow::bail!("interrupted while verifying: the drill stopped its workers");
+        }
+    };
     if let Some(e) = events.last_mut() {
-        e.close(&mut idle, &offsets.names, fleet.assignments(&client).await);
+        e.close(
+            &mut idle,
+            &offsets.names(),
+            fleet.assignments(&client).await,
+        );
     }
     let elapsed = started.elapsed().as_secs_f64();
     let mut cpu = fleet.stop_all().await;
@@ -349,6 +374,7 @@ pub async fn drill(config: &Config, fc: FleetConfig) -> anyhow::Result<FleetRepo
         windows,
         scale_events: events,
         cpu,
+        worker_restarts: fleet.restarts,
         verify,
     };
     write(&fc.out, &report)?;
@@ -397,71 +423,6 @@ async fn produce(config: Config, fc: FleetConfig, started: Instant) -> anyhow::R
     Ok(expected)
 }
 
-/// Per-partition offsets of the group's topics, as the scaler reads them.
-struct Offsets {
-    consumer: BaseConsumer,
-    tpl: TopicPartitionList,
-    /// `topic/partition`, in the order `read` returns them.
-    names: Vec<String>,
-}
-
-impl Offsets {
-    fn new(config: &Config) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = config
-            .kafka
-            .client_config_with(&[
-                ("group.id", &config.kafka.group_id),
-                ("enable.auto.commit", "false"),
-            ])
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for topic in config.types.topics() {
-            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-            for t in md.topics() {
-                for p in t.partitions() {
-                    tpl.add_partition(t.name(), p.id());
-                }
-            }
-        }
-        let names = tpl
-            .elements()
-            .iter()
-            .map(|e| format!("{}/{}", e.topic(), e.partition()))
-            .collect();
-        Ok(Self {
-            consumer,
-            tpl,
-            names,
-        })
-    }
-
-    fn read(&self) -> anyhow::Result<Vec<PartitionOffsets>> {
-        let committed = self
-            .consumer
-            .committed_offsets(self.tpl.clone(), Duration::from_secs(10))?;
-        committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let (earliest, latest) = self.consumer.fetch_watermarks(
-                    e.topic(),
-                    e.partition(),
-                    Duration::from_secs(10),
-                )?;
-                let committed = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                Ok(PartitionOffsets {
-                    committed,
-                    earliest,
-                    latest,
-                })
-            })
-            .collect()
-    }
-}
-
 /// Worker processes, as a Deployment's pods.
 struct Fleet {
     bin: PathBuf,
@@ -475,6 +436,8 @@ struct Fleet {
     running: Vec<WorkerProc>,
     stopping: Vec<(WorkerProc, Instant)>,
     spawned: u32,
+    /// Workers that exited on their own and were replaced.
+    restarts: u32,
     /// What stopped workers had counted (their last scrape): e2e buckets, assignments, CPU.
     retired_hist: BTreeMap<String, f64>,
     retired_assignments: u64,
@@ -502,6 +465,7 @@ impl Fleet {
             running: Vec::new(),
             stopping: Vec::new(),
             spawned: 0,
+            restarts: 0,
             retired_hist: BTreeMap::new(),
             retired_assignments: 0,
             retired_cpu: 0.0,
@@ -557,8 +521,28 @@ impl Fleet {
         Ok(())
     }
 
-    /// Collects workers that exited; kills those past the grace period.
-    fn reap(&mut self) {
+    /// Collects workers that exited; kills those past the grace period. A running worker that
+    /// exited on its own is replaced, as a ReplicaSet replaces a failed pod.
+    fn reap(&mut self) -> anyhow::Result<()> {
+        let mut alive = Vec::new();
+        for mut w in std::mem::take(&mut self.running) {
+            match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::warn!(pid = w.pid, %status, "a worker exited on its own; replacing it");
+                    self.restarts += 1;
+                    self.retire(&w);
+                }
+                _ => alive.push(w),
+            }
+        }
+        self.running = alive;
+        self.scale_to(self.spec)?;
+        self.reap_stopping();
+        Ok(())
+    }
+
+    /// Collects stopped workers that exited; kills those past the grace period.
+    fn reap_stopping(&mut self) {
         let mut still = Vec::new();
         for (mut w, since) in std::mem::take(&mut self.stopping) {
             if matches!(w.child.try_wait(), Ok(Some(_))) {
@@ -629,11 +613,11 @@ impl Fleet {
         self.scale_to(0).ok();
         let deadline = Instant::now() + self.grace;
         while !self.stopping.is_empty() && Instant::now() < deadline {
-            self.reap();
+            self.reap_stopping();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.grace = Duration::ZERO;
-        self.reap();
+        self.reap_stopping();
         vec![Cpu {
             process: format!("workers ({} started)", self.spawned),
             seconds: self.retired_cpu,

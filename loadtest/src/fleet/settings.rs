@@ -263,7 +263,7 @@ mod tests {
         )
         .unwrap();
         // Spelled out in keda/scaledobject.yaml and k8s/base/worker.yaml.
-        assert_eq!(s.trigger.lag_threshold, 40_000);
+        assert_eq!(s.trigger.lag_threshold, 80_000);
         assert_eq!(s.trigger.offset_reset, OffsetReset::Earliest);
         assert!(!s.trigger.allow_idle_consumers);
         assert!(!s.trigger.limit_to_partitions_with_lag);
