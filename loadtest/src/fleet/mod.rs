@@ -219,39 +219,17 @@ pub async fn drill(
     let shipped = Settings::load(&fc.scaled_object, &fc.deployment)?;
     let s = shipped.time_scaled(fc.time_scale);
     let k = fc.time_scale;
-    let sync_real = Duration::from_secs_f64(HPA_SYNC_S / k);
     let store = Store::connect(&config.mongo, "leafsync-loadtest").await?;
     std::fs::create_dir_all(fc.out.join("workers"))?;
-    let offsets = Arc::new(OffsetProbe::new(config)?);
-    let mut hpa = Hpa::new(
-        s.min_replicas,
-        s.max_replicas,
-        s.trigger.lag_threshold,
-        s.up.clone(),
-        s.down.clone(),
-    );
     let commit_ms = ((config.worker.commit_interval_ms as f64 / k).round() as u64).max(1);
-    let mut fleet = Fleet::new(
-        &fc,
-        Duration::from_secs(u64::from(s.grace_period_s)),
-        commit_ms,
-    );
+    let grace = Duration::from_secs(u64::from(s.grace_period_s));
+    let mut fleet = Fleet::new(&fc, grace, commit_ms);
     let cpu_start = ProcCpu::read_stack();
     // The Deployment starts at the minimum.
     fleet.scale_to(s.min_replicas)?;
-
     let started = Instant::now();
-    let model_now = || started.elapsed().as_secs_f64() * k;
     let producing = tokio::spawn(produce(config.clone(), fc.clone(), started));
-
-    let client = reqwest::Client::new();
-    let mut polls = Vec::new();
-    let mut windows = Vec::new();
-    let mut events: Vec<ScaleEvent> = Vec::new();
-    let mut idle = IdleTracker::default();
-    let mut next_sync = Instant::now();
-    let mut next_window = Instant::now() + Duration::from_secs_f64(WINDOW_S / k);
-    let mut window_start = (model_now(), 0_i64, fleet.histograms(&client).await);
+    let mut l = Loop::new(&s, k, started, fleet, OffsetProbe::new(config)?).await;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // After the profile the HPA goes on until the fleet is back at its minimum (the scale-in is
     // part of what the drill shows), or until the timeout.
@@ -259,7 +237,7 @@ pub async fn drill(
     loop {
         if producing.is_finished() {
             let at = *ended.get_or_insert_with(Instant::now);
-            if fleet.spec <= s.min_replicas || at.elapsed() > fc.timeout {
+            if l.fleet.spec <= s.min_replicas || at.elapsed() > fc.timeout {
                 break;
             }
         }
@@ -267,92 +245,29 @@ pub async fn drill(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => {
                 producing.abort();
-                fleet.stop_all().await;
+                l.fleet.stop_all().await;
                 anyhow::bail!("interrupted: the drill stopped its workers and did not verify");
             }
         }
-        let parts = {
-            let o = offsets.clone();
-            tokio::task::spawn_blocking(move || o.read_partitions()).await??
-        };
-        let lag: i64 = parts
-            .iter()
-            .map(|p| p.latest - p.committed.unwrap_or(p.earliest))
-            .sum();
-        idle.observe(&parts, started.elapsed().as_secs_f64());
-        fleet.reap()?;
-        if Instant::now() >= next_sync {
-            next_sync += sync_real;
-            let metric = s.trigger.total_lag(&parts);
-            let d: Decision = hpa.sync(model_now(), fleet.spec, fleet.running(), metric);
-            if d.desired != d.spec_replicas {
-                if let Some(e) = events.last_mut() {
-                    e.close(
-                        &mut idle,
-                        &offsets.names(),
-                        fleet.assignments(&client).await,
-                    );
-                }
-                events.push(ScaleEvent::open(
-                    d.at_s,
-                    d.spec_replicas,
-                    d.desired,
-                    fleet.assignments(&client).await,
-                ));
-                tracing::info!("{d}");
-            }
-            fleet.scale_to(d.desired)?;
-            polls.push(Poll {
-                t: d.at_s,
-                metric,
-                lag,
-                spec_replicas: d.spec_replicas,
-                status_replicas: d.status_replicas,
-                metric_replicas: d.metric_replicas,
-                stabilized: d.stabilized,
-                desired: d.desired,
-                running_after: fleet.running(),
-            });
-        }
-        if Instant::now() >= next_window {
-            next_window += Duration::from_secs_f64(WINDOW_S / k);
-            let hist = fleet.histograms(&client).await;
-            let produced = parts.iter().map(|p| p.latest).sum::<i64>();
-            let (t0, produced0, h0) = &window_start;
-            let span_real = (model_now() - t0) / k;
-            let e2e = delta(&hist, h0);
-            windows.push(Window {
-                t: model_now(),
-                wanted: fleet.spec,
-                running: fleet.running(),
-                lag,
-                produced_per_s: if *produced0 == 0 {
-                    0.0
-                } else {
-                    (produced - produced0) as f64 / span_real.max(0.001)
-                },
-                p50: quantile(&e2e, 0.5),
-                p99: quantile(&e2e, 0.99),
-            });
-            window_start = (model_now(), produced, hist);
-        }
+        l.step().await?;
     }
     let expected = producing.await??;
     expected.save(&fc.out.join("expected.jsonl"))?;
     let verify = tokio::select! {
         v = wait_until_synced(&store, &config.types, &expected, fc.timeout) => v?,
         () = shutdown.cancelled() => {
-            fleet.stop_all().await;
+            l.fleet.stop_all().await;
             anyhow::bail!("interrupted while verifying: the drill stopped its workers");
         }
     };
-    if let Some(e) = events.last_mut() {
-        e.close(
-            &mut idle,
-            &offsets.names(),
-            fleet.assignments(&client).await,
-        );
-    }
+    l.close_event().await;
+    let Loop {
+        mut fleet,
+        polls,
+        windows,
+        events,
+        ..
+    } = l;
     let elapsed = started.elapsed().as_secs_f64();
     let mut cpu = fleet.stop_all().await;
     cpu.extend(ProcCpu::read_stack().since(&cpu_start));
@@ -379,6 +294,159 @@ pub async fn drill(
     };
     write(&fc.out, &report)?;
     Ok(report)
+}
+
+/// The control loop's state: the HPA, the fleet it sizes, and what the report collects.
+struct Loop {
+    k: f64,
+    started: Instant,
+    trigger: autoscale::KafkaTrigger,
+    hpa: Hpa,
+    fleet: Fleet,
+    offsets: Arc<OffsetProbe>,
+    names: Vec<String>,
+    client: reqwest::Client,
+    polls: Vec<Poll>,
+    windows: Vec<Window>,
+    events: Vec<ScaleEvent>,
+    idle: IdleTracker,
+    next_sync: Instant,
+    next_window: Instant,
+    /// Model time, events produced and the e2e histogram when the current window began.
+    window_start: (f64, i64, BTreeMap<String, f64>),
+}
+
+impl Loop {
+    async fn new(
+        s: &Settings,
+        k: f64,
+        started: Instant,
+        mut fleet: Fleet,
+        offsets: OffsetProbe,
+    ) -> Self {
+        let client = reqwest::Client::new();
+        let hist = fleet.histograms(&client).await;
+        Self {
+            k,
+            started,
+            trigger: s.trigger.clone(),
+            hpa: Hpa::new(
+                s.min_replicas,
+                s.max_replicas,
+                s.trigger.lag_threshold,
+                s.up.clone(),
+                s.down.clone(),
+            ),
+            fleet,
+            names: offsets.names(),
+            offsets: Arc::new(offsets),
+            client,
+            polls: Vec::new(),
+            windows: Vec::new(),
+            events: Vec::new(),
+            idle: IdleTracker::default(),
+            next_sync: Instant::now(),
+            next_window: Instant::now() + Duration::from_secs_f64(WINDOW_S / k),
+            window_start: (0.0, 0, hist),
+        }
+    }
+
+    fn model_now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * self.k
+    }
+
+    /// One tick: the offsets, the workers' exits, and the HPA's sync and the report's window when
+    /// they are due.
+    async fn step(&mut self) -> anyhow::Result<()> {
+        let o = self.offsets.clone();
+        let parts = tokio::task::spawn_blocking(move || o.read_partitions()).await??;
+        let lag: i64 = parts
+            .iter()
+            .map(|p| p.latest - p.committed.unwrap_or(p.earliest))
+            .sum();
+        self.idle
+            .observe(&parts, self.started.elapsed().as_secs_f64());
+        self.fleet.reap()?;
+        if Instant::now() >= self.next_sync {
+            self.next_sync += Duration::from_secs_f64(HPA_SYNC_S / self.k);
+            self.sync(&parts, lag).await?;
+        }
+        if Instant::now() >= self.next_window {
+            self.next_window += Duration::from_secs_f64(WINDOW_S / self.k);
+            self.window(&parts, lag).await;
+        }
+        Ok(())
+    }
+
+    /// The HPA's sync: KEDA's metric, the count, and the fleet made to match.
+    async fn sync(&mut self, parts: &[PartitionOffsets], lag: i64) -> anyhow::Result<()> {
+        let metric = self.trigger.total_lag(parts);
+        let d: Decision = self.hpa.sync(
+            self.model_now(),
+            self.fleet.spec,
+            self.fleet.running(),
+            metric,
+        );
+        if d.desired != d.spec_replicas {
+            self.close_event().await;
+            let assignments = self.fleet.assignments(&self.client).await;
+            self.events.push(ScaleEvent::open(
+                d.at_s,
+                d.spec_replicas,
+                d.desired,
+                assignments,
+            ));
+            tracing::info!("{d}");
+        }
+        self.fleet.scale_to(d.desired)?;
+        self.polls.push(Poll {
+            t: d.at_s,
+            metric,
+            lag,
+            spec_replicas: d.spec_replicas,
+            status_replicas: d.status_replicas,
+            metric_replicas: d.metric_replicas,
+            stabilized: d.stabilized,
+            desired: d.desired,
+            running_after: self.fleet.running(),
+        });
+        Ok(())
+    }
+
+    /// Ends the current window of the series.
+    async fn window(&mut self, parts: &[PartitionOffsets], lag: i64) {
+        let hist = self.fleet.histograms(&self.client).await;
+        let produced = parts.iter().map(|p| p.latest).sum::<i64>();
+        let now = self.model_now();
+        let (t0, produced0, h0) = &self.window_start;
+        let e2e = delta(&hist, h0);
+        let produced_per_s = if *produced0 == 0 {
+            0.0
+        } else {
+            (produced - produced0) as f64 / ((now - t0) / self.k).max(0.001)
+        };
+        self.windows.push(Window {
+            t: now,
+            wanted: self.fleet.spec,
+            running: self.fleet.running(),
+            lag,
+            produced_per_s,
+            p50: quantile(&e2e, 0.5),
+            p99: quantile(&e2e, 0.99),
+        });
+        self.window_start = (now, produced, hist);
+    }
+
+    /// Closes the last scale event, if any: what the group went through since it.
+    async fn close_event(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let assignments = self.fleet.assignments(&self.client).await;
+        if let Some(e) = self.events.last_mut() {
+            e.close(&mut self.idle, &self.names, assignments);
+        }
+    }
 }
 
 /// Produces the profile's rate, paced every 64 events; returns the expected state.
