@@ -62,10 +62,6 @@ async fn start_api_with(mongo_uri: Option<&str>, extra: &[(&str, &str)]) -> Api 
     let toml = env_to_toml(&env);
     let config = Config::load_with_overrides(&toml).unwrap();
     let store = Store::connect(&config.mongo, "api-test").await.unwrap();
-    store
-        .ensure_indexes(&["potato", "tomato", "pepper"])
-        .await
-        .unwrap();
     let seed = |j: &str| {
         ImageEvent::decode(j.as_bytes(), 4096)
             .unwrap()

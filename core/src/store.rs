@@ -1,13 +1,16 @@
-//! The consumer database: one MongoDB collection per image type, documents keyed by a unique
-//! index on `id`. Holds the batched, stale-safe write path the worker uses and the reads the API
-//! and the load tool use.
+//! The consumer database: one MongoDB collection per image type, each document keyed by its
+//! image id as `_id` (and holding it as `id` too, the field readers see). Keying by `_id` needs
+//! no index of our own: with a separate unique index on `id`, every write maintained two
+//! indexes and cost the database ~1.5× the CPU (docs/benchmarks.md, "Keyed by `_id`"). Holds
+//! the batched, stale-safe write path the worker uses and the reads the API and the load tool
+//! use.
 //!
 //! # The stale guard
 //! Every event becomes one statement of an *unordered* `update` command:
-//! `{q: {id, updated_at: {$lt|$lte: T}}, u: <full document>, upsert: true}`. When the stored
-//! version passes the guard the filter matches and the document is replaced; when none exists
-//! it is inserted; otherwise the filter misses, the upsert tries to insert a second `id` and the
-//! unique index refuses with E11000. MongoDB retries such an insert as an update only when the
+//! `{q: {_id: id, updated_at: {$lt|$lte: T}}, u: <full document>, upsert: true}`. When the
+//! stored version passes the guard the filter matches and the document is replaced; when none
+//! exists it is inserted with the query's `_id`; otherwise the filter misses, the upsert tries to
+//! insert a second `_id` and the `_id` index refuses with E11000. MongoDB retries such an insert as an update only when the
 //! query is equalities matching the duplicate key exactly (SERVER-37124); ours has a range on
 //! `updated_at`, so the E11000 always reaches us. The statements of one command must
 //! touch distinct ids (the worker collapses a batch to the newest event per id), so they
@@ -38,16 +41,20 @@ use mongodb::bson::{
     doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
 };
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
-use mongodb::{Client, Collection, Database, IndexModel};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database};
 
 use crate::config::{ms, MongoConfig};
 use crate::image::ImageId;
 use crate::outcome::{Outcome, Rejected, WriteResult};
 use crate::version::Version;
 
-/// Name of the unique index on `id`.
-pub const ID_INDEX: &str = "id_unique";
+/// The unique index on `id` that leafsync kept before documents were keyed by `_id`: a
+/// collection that has it holds documents with their own ObjectId `_id`, which the writes of
+/// this version would never match (see [`Store::check_layout`]).
+pub const LEGACY_ID_INDEX: &str = "id_unique";
+/// MongoDB's "namespace not found" (listing the indexes of a collection not created yet).
+const NAMESPACE_NOT_FOUND: i32 = 26;
 /// MongoDB's duplicate-key error code.
 pub const DUPLICATE_KEY: i32 = 11000;
 /// Statements of one command stay below this many bytes (the server takes 16 MiB per command).
@@ -110,6 +117,9 @@ pub enum Cause {
     /// A shared operation ended without a result (e.g. the task running it was cancelled).
     #[error("{0}")]
     Abandoned(&'static str),
+    /// A collection written by an older leafsync, in a layout this version does not write.
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// A failed database operation.
@@ -163,7 +173,7 @@ impl StoreError {
         match &self.cause {
             Cause::Driver(e) => server_code(e),
             Cause::Reply { code, .. } => Some(*code),
-            Cause::Abandoned(_) => None,
+            Cause::Abandoned(_) | Cause::Layout(_) => None,
         }
     }
 
@@ -327,22 +337,29 @@ impl Store {
         matches!(tokio::time::timeout(timeout, self.ping()).await, Ok(Ok(())))
     }
 
-    /// Creates the unique index on `id` in each collection (a no-op when it exists).
-    pub async fn ensure_indexes(&self, collections: &[&str]) -> Result<(), StoreError> {
+    /// Refuses (permanently) a collection still in the layout of leafsync before documents were
+    /// keyed by `_id`, recognised by its [`LEGACY_ID_INDEX`]: this version's writes would miss
+    /// every stored document and be refused as stale. A collection not created yet is fine; the
+    /// `_id` index comes with it.
+    pub async fn check_layout(&self, collections: &[&str]) -> Result<(), StoreError> {
         for name in collections {
-            let model = IndexModel::builder()
-                .keys(doc! {"id": 1})
-                .options(
-                    IndexOptions::builder()
-                        .unique(true)
-                        .name(ID_INDEX.to_owned())
-                        .build(),
-                )
-                .build();
-            self.collection(name)
-                .create_index(model)
-                .await
-                .map_err(|e| StoreError::driver("create index", e))?;
+            let indexes = match self.collection(name).list_index_names().await {
+                Ok(indexes) => indexes,
+                Err(e) if server_code(&e) == Some(NAMESPACE_NOT_FOUND) => continue,
+                Err(e) => return Err(StoreError::driver("list indexes", e)),
+            };
+            if indexes.iter().any(|i| i == LEGACY_ID_INDEX) {
+                return Err(StoreError {
+                    class: ErrorClass::Permanent,
+                    op: "layout check",
+                    cause: Cause::Layout(format!(
+                        "collection `{name}` has the index `{LEGACY_ID_INDEX}` of an older \
+                         leafsync, whose documents are keyed by an ObjectId `_id`; this version \
+                         keys them by the image id. Rebuild the consumer database (docs/operations.md, \
+                         \"Upgrading\")"
+                    )),
+                });
+            }
         }
         Ok(())
     }
@@ -350,14 +367,14 @@ impl Store {
     /// The stored image `id`, without MongoDB's `_id`.
     pub async fn get(&self, collection: &str, id: ImageId) -> Result<Option<Document>, StoreError> {
         self.collection(collection)
-            .find_one(doc! {"id": id.get()})
+            .find_one(doc! {"_id": id.get()})
             .projection(doc! {"_id": 0})
             .await
             .map_err(|e| StoreError::driver("find", e))
     }
 
     /// The stored images among `ids` (those that exist), by id, without MongoDB's `_id`: one
-    /// indexed `$in` query for many lookups (the API coalesces concurrent reads into these).
+    /// `_id` `$in` query for many lookups (the API coalesces concurrent reads into these).
     pub async fn get_many(
         &self,
         collection: &str,
@@ -367,7 +384,7 @@ impl Store {
         let mut out = HashMap::with_capacity(ids.len());
         self.scan(
             collection,
-            doc! {"id": {"$in": wanted}},
+            doc! {"_id": {"$in": wanted}},
             doc! {"_id": 0},
             "find",
             |d| {
@@ -483,7 +500,7 @@ impl Store {
         if refused.is_empty() {
             return Ok(outcomes);
         }
-        // Refused by the unique index: with `$lt`, the stored version is equal or newer; with
+        // Refused by the `_id` index: with `$lt`, the stored version is equal or newer; with
         // either guard, perhaps a race with a concurrent insert of the same id (two workers
         // during a rebalance). Once more with `$lte`: matched is a tie, refused again is stale.
         if from == OutcomesFrom::Reply {
@@ -594,7 +611,7 @@ impl Store {
         let mut out = HashMap::with_capacity(docs.len());
         self.scan(
             collection,
-            doc! {"id": {"$in": ids}},
+            doc! {"_id": {"$in": ids}},
             doc! {"_id": 0, "id": 1, "updated_at": 1},
             "find versions",
             |d| {
@@ -763,7 +780,7 @@ fn guarded_upsert(d: &RawDocument, guard: Guard) -> RawDocumentBuf {
     let mut lte = RawDocumentBuf::new();
     lte.append_ref(op, field("updated_at"));
     let mut filter = RawDocumentBuf::new();
-    filter.append_ref("id", field("id"));
+    filter.append_ref("_id", field("id"));
     filter.append("updated_at", lte);
     let mut statement = RawDocumentBuf::new();
     statement.append("q", filter);

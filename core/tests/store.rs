@@ -5,7 +5,9 @@ mod common;
 
 use leafsync_core::document::Projection;
 use leafsync_core::event::{ImageEvent, DEFAULT_MAX_EVENT_BYTES};
-use leafsync_core::store::{ErrorClass, OutcomesFrom, Store, StoreError, DUPLICATE_KEY};
+use leafsync_core::store::{
+    ErrorClass, OutcomesFrom, Store, StoreError, DUPLICATE_KEY, LEGACY_ID_INDEX,
+};
 use leafsync_core::Outcome::*;
 use leafsync_core::{ImageId, Rejected, Version, WriteResult};
 use leafsync_testkit::Cleanup;
@@ -57,7 +59,6 @@ async fn store() -> (Store, Cleanup) {
     let s = Store::connect(&c.mongo, "leafsync-test")
         .await
         .expect("MongoDB up (scripts/stack up)");
-    s.ensure_indexes(&["potato"]).await.unwrap();
     (s, cleanup)
 }
 
@@ -102,14 +103,57 @@ async fn upsert_read_back_and_count() {
 }
 
 #[tokio::test]
-async fn unique_index_rejects_a_duplicate_id() {
+async fn documents_are_keyed_by_the_image_id() {
     let (s, _cleanup) = store().await;
-    let coll = s.collection("potato");
-    coll.insert_one(doc! {"id": 7_i64}).await.unwrap();
-    let e = coll.insert_one(doc! {"id": 7_i64}).await.unwrap_err();
+    write(&s, &[event_doc(7, "2025-01-01T00:00:01Z", "healthy")])
+        .await
+        .unwrap();
+    // Read without the store's projection: `_id` is the image id itself, so the `_id` index
+    // is the only one a write maintains, and a second document for the id cannot exist.
+    let raw = s
+        .collection("potato")
+        .find_one(doc! {"id": 7_i64})
+        .await
+        .unwrap()
+        .expect("written");
+    assert_eq!(raw.get("_id"), Some(&Bson::Int64(7)), "{raw}");
+    let e = s
+        .collection("potato")
+        .insert_one(doc! {"_id": 7_i64, "id": 7_i64})
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains(&DUPLICATE_KEY.to_string()), "{e}");
-    // Idempotent: ensuring the index again is fine.
-    s.ensure_indexes(&["potato"]).await.unwrap();
+    let indexes = s.collection("potato").list_index_names().await.unwrap();
+    assert_eq!(indexes, ["_id_"], "no index of leafsync's own");
+}
+
+#[tokio::test]
+async fn the_layout_of_an_older_leafsync_is_refused_by_name() {
+    let (s, _cleanup) = store().await;
+    // Collections not created yet, and ones in this version's layout, pass.
+    s.check_layout(&["potato", "tomato"]).await.unwrap();
+    write(&s, &[event_doc(1, "2025-01-01T00:00:01Z", "healthy")])
+        .await
+        .unwrap();
+    s.check_layout(&["potato"]).await.unwrap();
+    // What an older leafsync made: its own unique index on `id`, documents with ObjectIds.
+    let legacy = mongodb::IndexModel::builder()
+        .keys(doc! {"id": 1})
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .unique(true)
+                .name(LEGACY_ID_INDEX.to_owned())
+                .build(),
+        )
+        .build();
+    s.collection("tomato").create_index(legacy).await.unwrap();
+    let e = s.check_layout(&["potato", "tomato"]).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Permanent, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("collection `tomato`") && msg.contains("Upgrading"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

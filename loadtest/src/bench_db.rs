@@ -129,7 +129,7 @@ pub async fn bench_db(
     mongo.max_pool_size = mongo.max_pool_size.max(concurrency as u32);
     let store = Store::connect(&mongo, "leafsync-bench-db").await?;
     let collections = ImageType::ALL.map(|t| config.types.get(t).collection.as_str());
-    store.ensure_indexes(&collections).await?;
+    store.check_layout(&collections).await?;
     // Documents are made before the clock starts: only the writes are timed.
     let concurrency = concurrency.max(1);
     let mut lanes: Vec<Vec<(ImageType, RawDocumentBuf)>> = vec![Vec::new(); concurrency];

@@ -114,6 +114,10 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "reports/latest")]
         out: PathBuf,
+        /// Also report the latency of the events synced after this many seconds (0: not): a
+        /// steady state without the first second of fresh connections and topics.
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
     },
     /// Fill a backfill source with the current state of N images (a database on the configured
     /// MongoDB server and/or JSON Lines files) and write the expected state.
@@ -295,6 +299,16 @@ fn print_run_summary(r: &RunReport, out: &std::path::Path) {
         ms(r.latency_p99),
         ms(r.latency_max_bound)
     );
+    if let Some(w) = &r.after_warmup {
+        println!(
+            "{:<W$}{} / {} / {} / ≤{}",
+            format!("  after {:.0} s warm-up", w.after_s),
+            ms(w.p50),
+            ms(w.p90),
+            ms(w.p99),
+            ms(w.max_bound)
+        );
+    }
     for st in &r.stages {
         println!(
             "{:<W$}{} / {}",
@@ -451,12 +465,14 @@ async fn main_async(
             worker_metrics,
             timeout,
             out,
+            warmup,
         } => {
             let rc = RunConfig {
                 flood: args.to_config(),
                 metrics_urls: worker_metrics,
                 timeout: Duration::from_secs(timeout),
                 out: out.clone(),
+                warmup: Duration::from_secs(warmup),
             };
             let r = run(&config, rc).await?;
             print_run_summary(&r, &out);

@@ -34,6 +34,8 @@ pub struct RunReport {
     pub latency_p99: Option<f64>,
     /// Upper bound of the slowest histogram bucket hit.
     pub latency_max_bound: Option<f64>,
+    /// The same over the events synced after the warm-up (`run --warmup`), if one was asked.
+    pub after_warmup: Option<WarmLatency>,
     /// Dead letters counted on the dead-letter topic during the run.
     pub dead_lettered: i64,
     /// Per hot-path stage of the workers (`leafsync_worker_stage_seconds`), p50 and p99 over the
@@ -45,6 +47,21 @@ pub struct RunReport {
     pub verify: VerifyReport,
     /// Once-a-second samples.
     pub samples: Vec<Sample>,
+}
+
+/// End-to-end latency over the events synced after the warm-up, seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmLatency {
+    /// When the warm-up ended (the first once-a-second sample after it), seconds into the run.
+    pub after_s: f64,
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// Upper bound of the slowest histogram bucket hit.
+    pub max_bound: Option<f64>,
 }
 
 /// One stage's latency over a run.

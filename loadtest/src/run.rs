@@ -9,7 +9,7 @@ use leafsync_core::{Config, Store};
 use leafsync_kafka::ClientConfigExt as _;
 
 use crate::flood::{flood, progress, FloodConfig};
-use crate::report::{RunReport, StageLatency};
+use crate::report::{RunReport, StageLatency, WarmLatency};
 use crate::sample::{
     delta, histogram, latency_buckets, max_bound, quantile, scrape, OffsetProbe, Sample,
 };
@@ -26,6 +26,8 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Where `report.json`, `report.html` and `expected.jsonl` go.
     pub out: PathBuf,
+    /// Also report the latency of what was synced after this long (zero: not at all).
+    pub warmup: Duration,
 }
 
 /// The worker's hot-path stages, in path order (`leafsync_worker_stage_seconds{stage}`).
@@ -120,13 +122,15 @@ struct Watch {
 
 impl Watch {
     /// Samples produced, committed, lag and the latency of each second until the flood is done
-    /// and everything is committed (or the timeout); returns the samples and when the flood
-    /// ended.
+    /// and everything is committed (or the timeout); returns the samples, when the flood ended
+    /// and the latency histogram as it was at the first sample after `warmup`.
     async fn sample(
         &self,
         flood_task: &tokio::task::JoinHandle<anyhow::Result<crate::expected::Expected>>,
         mut prev_hist: BTreeMap<String, f64>,
-    ) -> anyhow::Result<(Vec<Sample>, Option<f64>)> {
+        warmup: Duration,
+    ) -> anyhow::Result<(Vec<Sample>, Option<f64>, Option<Warm>)> {
+        let mut warm = None;
         let mut flood_seconds = None;
         let mut samples: Vec<Sample> = Vec::new();
         let (mut prev_t, mut prev_produced, mut prev_synced) = (0.0, 0, 0);
@@ -155,13 +159,25 @@ impl Watch {
             });
             (prev_t, prev_produced, prev_synced) = (t, produced, synced);
             if let Some(h) = hist {
+                if warm.is_none() && !warmup.is_zero() && t >= warmup.as_secs_f64() {
+                    warm = Some(Warm {
+                        after_s: t,
+                        hist: h.clone(),
+                    });
+                }
                 prev_hist = h;
             }
             if (flood_seconds.is_some() && end == done) || self.started.elapsed() > self.timeout {
-                return Ok((samples, flood_seconds));
+                return Ok((samples, flood_seconds, warm));
             }
         }
     }
+}
+
+/// The workers' latency histogram once the warm-up was over.
+struct Warm {
+    after_s: f64,
+    hist: BTreeMap<String, f64>,
 }
 
 /// Runs the load and writes the report; returns it.
@@ -192,7 +208,9 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         started,
         timeout: rc.timeout,
     };
-    let (samples, flood_seconds) = watch.sample(&flood_task, hist_start.clone()).await?;
+    let (samples, flood_seconds, warm) = watch
+        .sample(&flood_task, hist_start.clone(), rc.warmup)
+        .await?;
     let expected = flood_task.await??;
     std::fs::create_dir_all(&rc.out)?;
     expected.save(&rc.out.join("expected.jsonl"))?;
@@ -202,12 +220,22 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         .max(Duration::from_secs(5));
     let verify = wait_until_synced(&store, &config.types, &expected, remaining).await?;
     let seconds_to_synced = started.elapsed().as_secs_f64();
-    let overall = delta(
-        &latency_buckets(&client, &rc.metrics_urls)
-            .await
-            .unwrap_or_default(),
-        &hist_start,
-    );
+    let hist_end = latency_buckets(&client, &rc.metrics_urls)
+        .await
+        .unwrap_or_default();
+    let overall = delta(&hist_end, &hist_start);
+    // Events synced after the warm-up: what a long-running producer and worker see, without
+    // the first second of fresh connections and topics (docs/benchmarks.md, "Warm-up").
+    let after_warmup = warm.map(|w| {
+        let h = delta(&hist_end, &w.hist);
+        WarmLatency {
+            after_s: w.after_s,
+            p50: quantile(&h, 0.5),
+            p90: quantile(&h, 0.9),
+            p99: quantile(&h, 0.99),
+            max_bound: max_bound(&h),
+        }
+    });
     let dlq_after = {
         let c = config.clone();
         tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?
@@ -227,6 +255,7 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         latency_p90: quantile(&overall, 0.9),
         latency_p99: quantile(&overall, 0.99),
         latency_max_bound: max_bound(&overall),
+        after_warmup,
         dead_lettered: dlq_after - dlq_before,
         stages,
         batch_size,

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use leafsync_core::document::Projection;
 use leafsync_core::{ImageType, Store};
-use mongodb::bson::Document;
+use mongodb::bson::{doc, Document};
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
 
 use crate::expected::Expected;
 use crate::generator::{GenConfig, Generator};
@@ -32,11 +34,15 @@ pub async fn to_database(
     collection: impl Fn(ImageType) -> String,
     x: &Expected,
 ) -> anyhow::Result<()> {
-    let names = ImageType::ALL.map(&collection);
-    source
-        .ensure_indexes(&names.each_ref().map(String::as_str))
-        .await?;
     for t in ImageType::ALL {
+        let unique_id = IndexModel::builder()
+            .keys(doc! {"id": 1})
+            .options(IndexOptions::builder().unique(true).build())
+            .build();
+        source
+            .collection(&collection(t))
+            .create_index(unique_id)
+            .await?;
         let docs: Vec<Document> = x
             .images
             .iter()

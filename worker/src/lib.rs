@@ -70,16 +70,16 @@ pub fn worker_id(config: &Config) -> String {
     })
 }
 
-/// Connects to MongoDB (bounded by the start-up timeout), ensures the indexes, starts the admin
+/// Connects to MongoDB (bounded by the start-up timeout), checks the collections' layout, starts the admin
 /// port, then syncs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let worker_id = worker_id(&config);
     let store = Store::connect(&config.mongo, "leafsync-worker").await?;
     let collections = ImageType::ALL.map(|t| config.types.get(t).collection.as_str());
     store
-        .ensure_indexes(&collections)
+        .check_layout(&collections)
         .await
-        .context("cannot create the unique index on `id`")?;
+        .context("the consumer database is not in this version's layout")?;
     let fatal = supervise::Fatal::new(shutdown.clone());
     let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
         .context("cannot create the dead-letter producer")?;

@@ -91,7 +91,10 @@ fn main() -> ExitCode {
             };
             let checkpoints = opts.checkpoint_collection.clone();
             return process::run("leafsync-worker", config, |config, token| async move {
-                let report = backfill::run(config, opts.clone(), token).await?;
+                // `{:#}`: the whole chain, as for the worker, not only the outermost context.
+                let report = backfill::run(config, opts.clone(), token)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
                 print!(
                     "{}",
                     backfill::progress::render(&report.types, opts.dry_run)

@@ -344,3 +344,46 @@ async fn a_traced_event_yields_a_linked_batch_span_with_a_db_child() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_of_an_older_layout_stops_the_worker_and_the_backfill_naming_it() {
+    // An older leafsync kept its own unique index on `id` beside an ObjectId `_id`; this
+    // version's writes, keyed by `_id`, would miss every such document and call it stale.
+    let env = TestEnv::new().await;
+    let collection = env.config.types.tomato.collection.clone();
+    let legacy = mongodb::IndexModel::builder()
+        .keys(mongodb::bson::doc! {"id": 1})
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .unique(true)
+                .name(leafsync_core::store::LEGACY_ID_INDEX.to_owned())
+                .build(),
+        )
+        .build();
+    env.store
+        .collection(&collection)
+        .create_index(legacy)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tomato.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let spec = format!("tomato={}", file.display());
+    let cause = format!("collection `{collection}` has the index `id_unique`");
+    let mut worker = env.spawn_worker("legacy", &[]);
+    let mut backfill = env.spawn_backfill("legacy-backfill", &["--from-jsonl", &spec], &[]);
+    for (what, p) in [("worker", &mut worker.process), ("backfill", &mut backfill)] {
+        let status = p.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "{what}: {status:?}\n{}",
+            p.log_tail()
+        );
+        assert!(p.log_text().contains(&cause), "{what}:\n{}", p.log_tail());
+    }
+    assert_eq!(
+        env.store.count(&collection, true).await.unwrap(),
+        0,
+        "nothing written"
+    );
+}

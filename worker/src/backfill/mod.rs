@@ -208,9 +208,9 @@ async fn connect(
         .collect();
     if !opts.dry_run {
         store
-            .ensure_indexes(&collections)
+            .check_layout(&collections)
             .await
-            .context("cannot create the unique index on `id`")?;
+            .context("the consumer database is not in this version's layout")?;
     }
     let fatal = crate::supervise::Fatal::new(shutdown.clone());
     let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
