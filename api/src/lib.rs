@@ -143,7 +143,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     let store = state.store.clone();
-    let login = tokio::spawn(check_login(store.clone(), shutdown.clone()));
+    let collections = ImageType::ALL.map(|t| state.config.types.get(t).collection.clone());
+    let login = tokio::spawn(check_database(store.clone(), collections, shutdown.clone()));
     let (addr, server) = serve(state, bind, shutdown).await?;
     tracing::info!(%addr, "leafsync-api listening");
     server.await?;
@@ -156,17 +157,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// The API starts while MongoDB is down (it answers 503 meanwhile), but a server that refuses
-/// the login will never let it serve: pings until the first answer, and stops the API with the
-/// refusal, which names the configuration key.
-async fn check_login(store: Store, shutdown: CancellationToken) -> Result<(), StoreError> {
+/// The API starts while MongoDB is down (it answers 503 meanwhile), but two answers will never
+/// let it serve: a refused login (the error names the configuration key), and collections of an
+/// older leafsync, whose documents the by-id reads (on `_id`) would never find, so every image
+/// would be a silent 404. Pings until the first answer, then checks the layout; stops the API
+/// on either.
+async fn check_database(
+    store: Store,
+    collections: [String; 3],
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let names = collections.each_ref().map(String::as_str);
     loop {
-        match store.ping().await {
+        let checked = match store.ping().await {
+            Ok(()) => store.check_layout(&names).await,
+            Err(e) if e.is_refused_login() => Err(e.into_refused_login()),
+            // Down or unreachable: /ready says so meanwhile.
+            Err(_) => Err(StoreError::abandoned("ping", "no answer yet")),
+        };
+        match checked {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_refused_login() => {
-                tracing::error!(error = %e, "MongoDB refuses the login; stopping");
+            Err(e) if !e.is_transient() => {
+                tracing::error!(error = %e, "the consumer database cannot be served; stopping");
                 shutdown.cancel();
-                return Err(e.into_refused_login());
+                return Err(e);
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
         }

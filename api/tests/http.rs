@@ -660,3 +660,57 @@ async fn a_client_that_sends_its_request_head_too_slowly_is_disconnected() {
     // A prompt client on a new connection is served.
     assert_eq!(call(api.addr, "GET", "/live").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_of_an_older_layout_stops_the_api_naming_the_collection() {
+    // By-id reads go to `_id`; documents of an older leafsync have ObjectIds there, so serving
+    // them would answer 404 for every image instead of saying why.
+    let db = unique("api-legacy");
+    let port = free_port();
+    let env = vec![
+        (
+            "LEAFSYNC__API__BIND".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ),
+        ("LEAFSYNC__MONGO__DATABASE".to_owned(), db.clone()),
+    ];
+    let config = Config::load_with_overrides(&env_to_toml(&env)).unwrap();
+    let store = Store::connect(&config.mongo, "api-test").await.unwrap();
+    let _cleanup = {
+        let store = store.clone();
+        Cleanup::new(format!("database {db}"), move || async move {
+            store.database().drop().await.map_err(|e| e.to_string())
+        })
+    };
+    let legacy = mongodb::IndexModel::builder()
+        .keys(mongodb::bson::doc! {"id": 1})
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .unique(true)
+                .name(leafsync_core::store::LEGACY_ID_INDEX.to_owned())
+                .build(),
+        )
+        .build();
+    store
+        .collection(&config.types.pepper.collection)
+        .create_index(legacy)
+        .await
+        .unwrap();
+    let mut p = Process::spawn(
+        Path::new(env!("CARGO_BIN_EXE_leafsync-api")),
+        &[],
+        &env,
+        &db,
+    );
+    let status = p.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "{status:?}\n{}",
+        p.log_tail()
+    );
+    let cause = format!(
+        "collection `{}` has the index `id_unique`",
+        config.types.pepper.collection
+    );
+    assert!(p.log_text().contains(&cause), "{}", p.log_tail());
+}
