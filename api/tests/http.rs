@@ -682,20 +682,11 @@ async fn a_database_of_an_older_layout_stops_the_api_naming_the_collection() {
             store.database().drop().await.map_err(|e| e.to_string())
         })
     };
-    let legacy = mongodb::IndexModel::builder()
-        .keys(mongodb::bson::doc! {"id": 1})
-        .options(
-            mongodb::options::IndexOptions::builder()
-                .unique(true)
-                .name(leafsync_core::store::LEGACY_ID_INDEX.to_owned())
-                .build(),
-        )
-        .build();
-    store
-        .collection(&config.types.pepper.collection)
-        .create_index(legacy)
-        .await
-        .unwrap();
+    leafsync_testkit::add_legacy_id_index(
+        &store.collection(&config.types.pepper.collection),
+        leafsync_core::store::LEGACY_ID_INDEX,
+    )
+    .await;
     let mut p = Process::spawn(
         Path::new(env!("CARGO_BIN_EXE_leafsync-api")),
         &[],

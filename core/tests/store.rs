@@ -136,17 +136,7 @@ async fn the_layout_of_an_older_leafsync_is_refused_by_name() {
         .await
         .unwrap();
     s.check_layout(&["potato"]).await.unwrap();
-    // What an older leafsync made: its own unique index on `id`, documents with ObjectIds.
-    let legacy = mongodb::IndexModel::builder()
-        .keys(doc! {"id": 1})
-        .options(
-            mongodb::options::IndexOptions::builder()
-                .unique(true)
-                .name(LEGACY_ID_INDEX.to_owned())
-                .build(),
-        )
-        .build();
-    s.collection("tomato").create_index(legacy).await.unwrap();
+    leafsync_testkit::add_legacy_id_index(&s.collection("tomato"), LEGACY_ID_INDEX).await;
     let e = s.check_layout(&["potato", "tomato"]).await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent, "{e}");
     let msg = e.to_string();

@@ -460,3 +460,24 @@ pub async fn wait_for_status(
         context()
     );
 }
+
+/// Gives `collection` what an older leafsync made in the consumer database: a unique index
+/// `name` on `id` (its documents had their own ObjectId `_id`). The start-up checks refuse it.
+pub async fn add_legacy_id_index(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    name: &str,
+) {
+    let model = mongodb::IndexModel::builder()
+        .keys(mongodb::bson::doc! {"id": 1})
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .unique(true)
+                .name(name.to_owned())
+                .build(),
+        )
+        .build();
+    collection
+        .create_index(model)
+        .await
+        .expect("create the legacy index");
+}

@@ -351,20 +351,11 @@ async fn a_collection_of_an_older_layout_stops_the_worker_and_the_backfill_namin
     // version's writes, keyed by `_id`, would miss every such document and call it stale.
     let env = TestEnv::new().await;
     let collection = env.config.types.tomato.collection.clone();
-    let legacy = mongodb::IndexModel::builder()
-        .keys(mongodb::bson::doc! {"id": 1})
-        .options(
-            mongodb::options::IndexOptions::builder()
-                .unique(true)
-                .name(leafsync_core::store::LEGACY_ID_INDEX.to_owned())
-                .build(),
-        )
-        .build();
-    env.store
-        .collection(&collection)
-        .create_index(legacy)
-        .await
-        .unwrap();
+    leafsync_testkit::add_legacy_id_index(
+        &env.store.collection(&collection),
+        leafsync_core::store::LEGACY_ID_INDEX,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tomato.jsonl");
     std::fs::write(&file, "").unwrap();
