@@ -143,7 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     let store = state.store.clone();
-    let collections = ImageType::ALL.map(|t| state.config.types.get(t).collection.clone());
+    let collections = state.config.types.collections().map(str::to_owned);
     let login = tokio::spawn(check_database(store.clone(), collections, shutdown.clone()));
     let (addr, server) = serve(state, bind, shutdown).await?;
     tracing::info!(%addr, "leafsync-api listening");
@@ -169,21 +169,21 @@ async fn check_database(
 ) -> Result<(), StoreError> {
     let names = collections.each_ref().map(String::as_str);
     loop {
-        let checked = match store.ping().await {
-            Ok(()) => store.check_layout(&names).await,
-            Err(e) if e.is_refused_login() => Err(e.into_refused_login()),
+        let fatal = match store.ping().await {
+            Ok(()) => match store.check_layout(&names).await {
+                Ok(()) => return Ok(()),
+                Err(e) => (!e.is_transient()).then_some(e),
+            },
+            Err(e) if e.is_refused_login() => Some(e.into_refused_login()),
             // Down or unreachable: /ready says so meanwhile.
-            Err(_) => Err(StoreError::abandoned("ping", "no answer yet")),
+            Err(_) => None,
         };
-        match checked {
-            Ok(()) => return Ok(()),
-            Err(e) if !e.is_transient() => {
-                tracing::error!(error = %e, "the consumer database cannot be served; stopping");
-                shutdown.cancel();
-                return Err(e);
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        if let Some(e) = fatal {
+            tracing::error!(error = %e, "the consumer database cannot be served; stopping");
+            shutdown.cancel();
+            return Err(e);
         }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

@@ -366,6 +366,11 @@ impl TypesConfig {
         ImageType::ALL.map(|t| self.get(t).topic.clone()).to_vec()
     }
 
+    /// Every configured collection, in [`ImageType::ALL`] order.
+    pub fn collections(&self) -> [&str; 3] {
+        ImageType::ALL.map(|t| self.get(t).collection.as_str())
+    }
+
     /// The projection for type `t`.
     pub fn projection(&self, t: ImageType) -> Projection {
         self.get(t)

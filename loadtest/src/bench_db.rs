@@ -128,8 +128,7 @@ pub async fn bench_db(
     mongo.database = database.to_owned();
     mongo.max_pool_size = mongo.max_pool_size.max(concurrency as u32);
     let store = Store::connect(&mongo, "leafsync-bench-db").await?;
-    let collections = ImageType::ALL.map(|t| config.types.get(t).collection.as_str());
-    store.check_layout(&collections).await?;
+    store.check_layout(&config.types.collections()).await?;
     // Documents are made before the clock starts: only the writes are timed.
     let concurrency = concurrency.max(1);
     let mut lanes: Vec<Vec<(ImageType, RawDocumentBuf)>> = vec![Vec::new(); concurrency];

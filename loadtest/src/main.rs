@@ -291,22 +291,28 @@ fn print_run_summary(r: &RunReport, out: &std::path::Path) {
         );
     }
     println!("{:<W$}{}", "max lag", r.max_lag);
-    println!(
-        "{:<W$}{} / {} / {} / ≤{}",
+    let latency = |label: &str, [p50, p90, p99, max]: [Option<f64>; 4]| {
+        println!(
+            "{label:<W$}{} / {} / {} / ≤{}",
+            ms(p50),
+            ms(p90),
+            ms(p99),
+            ms(max)
+        );
+    };
+    latency(
         "latency p50/p90/p99/max",
-        ms(r.latency_p50),
-        ms(r.latency_p90),
-        ms(r.latency_p99),
-        ms(r.latency_max_bound)
+        [
+            r.latency_p50,
+            r.latency_p90,
+            r.latency_p99,
+            r.latency_max_bound,
+        ],
     );
     if let Some(w) = &r.after_warmup {
-        println!(
-            "{:<W$}{} / {} / {} / ≤{}",
-            format!("  after {:.0} s warm-up", w.after_s),
-            ms(w.p50),
-            ms(w.p90),
-            ms(w.p99),
-            ms(w.max_bound)
+        latency(
+            &format!("  after {:.0} s warm-up", w.after_s),
+            [w.p50, w.p90, w.p99, w.max_bound],
         );
     }
     for st in &r.stages {

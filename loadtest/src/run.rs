@@ -174,6 +174,16 @@ impl Watch {
     }
 }
 
+/// p50, p90, p99 and the slowest bucket's bound of a latency histogram.
+fn latency_summary(h: &BTreeMap<String, f64>) -> [Option<f64>; 4] {
+    [
+        quantile(h, 0.5),
+        quantile(h, 0.9),
+        quantile(h, 0.99),
+        max_bound(h),
+    ]
+}
+
 /// The workers' latency histogram once the warm-up was over.
 struct Warm {
     after_s: f64,
@@ -227,15 +237,16 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
     // Events synced after the warm-up: what a long-running producer and worker see, without
     // the first second of fresh connections and topics (docs/benchmarks.md, "Warm-up").
     let after_warmup = warm.map(|w| {
-        let h = delta(&hist_end, &w.hist);
+        let [p50, p90, p99, max_bound] = latency_summary(&delta(&hist_end, &w.hist));
         WarmLatency {
             after_s: w.after_s,
-            p50: quantile(&h, 0.5),
-            p90: quantile(&h, 0.9),
-            p99: quantile(&h, 0.99),
-            max_bound: max_bound(&h),
+            p50,
+            p90,
+            p99,
+            max_bound,
         }
     });
+    let [latency_p50, latency_p90, latency_p99, latency_max_bound] = latency_summary(&overall);
     let dlq_after = {
         let c = config.clone();
         tokio::task::spawn_blocking(move || dead_letter_count(&c)).await?
@@ -251,10 +262,10 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         produced_per_s: expected.produced as f64 / flood_seconds.max(0.001),
         synced_per_s: expected.produced as f64 / seconds_to_synced.max(0.001),
         max_lag: samples.iter().map(|s| s.lag).max().unwrap_or(0),
-        latency_p50: quantile(&overall, 0.5),
-        latency_p90: quantile(&overall, 0.9),
-        latency_p99: quantile(&overall, 0.99),
-        latency_max_bound: max_bound(&overall),
+        latency_p50,
+        latency_p90,
+        latency_p99,
+        latency_max_bound,
         after_warmup,
         dead_lettered: dlq_after - dlq_before,
         stages,

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use leafsync_core::{Config, ImageType, Store};
+use leafsync_core::{Config, Store};
 use tokio_util::sync::CancellationToken;
 
 /// Process-wide state shared by the consumer callbacks, the partition tasks and the admin port.
@@ -75,11 +75,10 @@ pub fn worker_id(config: &Config) -> String {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let worker_id = worker_id(&config);
     let store = Store::connect(&config.mongo, "leafsync-worker").await?;
-    let collections = ImageType::ALL.map(|t| config.types.get(t).collection.as_str());
     store
-        .check_layout(&collections)
+        .check_layout(&config.types.collections())
         .await
-        .context("the consumer database is not in this version's layout")?;
+        .context("cannot use the consumer database's collections")?;
     let fatal = supervise::Fatal::new(shutdown.clone());
     let dead_letter = dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
         .context("cannot create the dead-letter producer")?;
@@ -93,7 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.worker.max_in_flight_batches,
     ));
     let writers = writer::Writers::start(
-        ImageType::ALL.map(|t| config.types.get(t).collection.clone()),
+        config.types.collections().map(str::to_owned),
         &permits,
         config.worker.batch.max_events,
         writer::write_fn(&store, &config, &metrics),

@@ -210,7 +210,7 @@ async fn connect(
         store
             .check_layout(&collections)
             .await
-            .context("the consumer database is not in this version's layout")?;
+            .context("cannot use the consumer database's collections")?;
     }
     let fatal = crate::supervise::Fatal::new(shutdown.clone());
     let dead_letter = crate::dead_letter::DeadLetter::new(&config, &worker_id, fatal.clone())
