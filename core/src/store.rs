@@ -6,30 +6,44 @@
 //! use.
 //!
 //! # The stale guard
-//! Every event becomes one statement of an *unordered* `update` command:
-//! `{q: {_id: id, updated_at: {$lt|$lte: T}}, u: <full document>, upsert: true}`. When the
-//! stored version passes the guard the filter matches and the document is replaced; when none
-//! exists it is inserted with the query's `_id`; otherwise the filter misses, the upsert tries to
-//! insert a second `_id` and the `_id` index refuses with E11000. MongoDB retries such an insert as an update only when the
-//! query is equalities matching the duplicate key exactly (SERVER-37124); ours has a range on
-//! `updated_at`, so the E11000 always reaches us. The statements of one command must
-//! touch distinct ids (the worker collapses a batch to the newest event per id), so they
-//! commute and unordered is safe: one failing statement never stops the others. The raw
-//! `update` command works on MongoDB 6.0+, unlike `Client::bulk_write`, which needs 8.0.
+//! Every event becomes one statement of an *unordered* `update` command, in one of two forms
+//! ([`Statement`]). The first attempt *replaces*:
+//! `{q: {_id: id}, u: [{$replaceWith: {$cond: [{$lt|$lte: ["$updated_at", T]}, {$literal:
+//! <full document>}, "not older"]}}], upsert: true}`. When the stored version passes the guard
+//! (or none is stored: a missing field compares below a date) the document is replaced or
+//! inserted; otherwise `$replaceWith` gets a string, and the statement fails on its own.
+//! `$literal` keeps the document's values verbatim (a string `"$x"` is not a field path). The
+//! query names only `_id`, so the server finds the document by a point lookup: the stand-in
+//! skips its plan emulation for such a query, a third of its CPU per write (docs/benchmarks.md,
+//! "The write as a pipeline"), and MongoDB retries an upsert that races a concurrent insert of
+//! the same `_id` as an update (SERVER-37124).
+//!
+//! A statement the first attempt did not apply *settles* in the second form, which keeps the
+//! guard in the query: `{q: {_id: id, updated_at: {$lte: T}}, u: <full document>, upsert:
+//! true}`. A stored version equal or older matches and is replaced (a tie goes to the later
+//! event); a newer one makes the upsert insert a second `_id`, which the `_id` index refuses
+//! with E11000: *stale*. A document the server will not store fails there with its own code
+//! (*rejected*). So no error code of the first form is relied on, only that it fails.
+//!
+//! The statements of one command must touch distinct ids (the worker collapses a batch to the
+//! newest event per id), so they commute and unordered is safe: one failing statement never
+//! stops the others. The raw `update` command works on MongoDB 6.0+ (pipeline updates since
+//! 4.2), unlike `Client::bulk_write`, which needs 8.0.
 //!
 //! # Outcomes from the reply ([`OutcomesFrom::Reply`], the stream's way)
-//! The first command guards with `$lt` (strictly older): a statement listed in the reply's
-//! `upserted` is *inserted*, one not refused replaced an older version (*updated*). The refused
-//! ones (stored version equal or newer, or a concurrent insert of the same id) go once more
-//! guarded with `$lte`: matched means the stored version is equal, replaced so the later event
-//! of a tie wins (*unchanged*); refused again is *stale*. No read, and no reliance on the
-//! reply's `nModified`, which servers count differently for an identical replacement. An event
-//! that is new or newer than what is stored costs one round trip; a replay or a stale event two.
+//! The first command replaces only a strictly older version (`$lt`): a statement listed in the
+//! reply's `upserted` is *inserted*, one that did not fail replaced an older version
+//! (*updated*). The failed ones (stored version equal or newer, or a document fault) settle:
+//! matched means the stored version is equal, replaced so the later event of a tie wins
+//! (*unchanged*); refused is *stale*. No read, and no reliance on the reply's `nModified`,
+//! which servers count differently for an identical replacement. An event that is new or newer
+//! than what is stored costs one round trip; a replay or a stale event two.
 //!
 //! # Outcomes from a read ([`OutcomesFrom::Read`], while most recent events are replays)
 //! One indexed read of the stored versions labels every event, known-stale events are not
-//! sent, and the rest go guarded with `$lte`. Two round trips always, but a replayed event
-//! costs one statement instead of a refused one and a retry: cheaper when most are replays.
+//! sent, and the rest are replaced guarded with `$lte` (those that became stale since the read
+//! settle). Two round trips always, but a replayed event costs one statement instead of a
+//! failed one and a retry: cheaper when most are replays.
 //! The stream and the backfill alike pick one way per command ([`crate::outcome_policy::Chooser`]).
 
 use std::time::{Duration, Instant};
@@ -492,7 +506,7 @@ impl Store {
             collection,
             docs,
             &to_write,
-            guard,
+            Statement::Replace(guard),
             &mut outcomes,
             &mut refused,
         )
@@ -500,9 +514,9 @@ impl Store {
         if refused.is_empty() {
             return Ok(outcomes);
         }
-        // Refused by the `_id` index: with `$lt`, the stored version is equal or newer; with
-        // either guard, perhaps a race with a concurrent insert of the same id (two workers
-        // during a rebalance). Once more with `$lte`: matched is a tie, refused again is stale.
+        // Not applied: with `$lt`, the stored version is equal or newer; with either guard,
+        // perhaps newer since the read, or a document the server will not store. They settle
+        // with the guard in the query: matched is a tie, refused by the `_id` index is stale.
         if from == OutcomesFrom::Reply {
             for &i in &refused {
                 outcomes[i] = Ok(Outcome::Unchanged);
@@ -513,7 +527,7 @@ impl Store {
             collection,
             docs,
             &refused,
-            Guard::NotNewer,
+            Statement::Settle,
             &mut outcomes,
             &mut again,
         )
@@ -530,13 +544,13 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
         indexes: &[usize],
-        guard: Guard,
+        form: Statement,
         outcomes: &mut [WriteResult],
         refused: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
         for chunk in chunks(docs, indexes) {
             match self
-                .update_command(collection, docs, &chunk, guard, outcomes, refused)
+                .update_command(collection, docs, &chunk, form, outcomes, refused)
                 .await
             {
                 Ok(()) => {}
@@ -544,7 +558,7 @@ impl Store {
                 // by one so only the faulty document is rejected and the rest go through.
                 Err(e) if !e.is_transient() => {
                     for &i in &chunk {
-                        self.write_one(collection, docs, i, guard, outcomes, refused)
+                        self.write_one(collection, docs, i, form, outcomes, refused)
                             .await?;
                     }
                 }
@@ -579,8 +593,9 @@ impl Store {
             .collect())
     }
 
-    /// The guarded upsert alone, without the version pre-read or per-event outcomes: the raw
-    /// write ceiling that `leafsync-loadtest bench-db` compares the worker with.
+    /// The first attempt alone (`$lte`), without the version pre-read, the settling or
+    /// per-event outcomes: the raw write ceiling that `leafsync-loadtest bench-db` compares the
+    /// worker with.
     pub async fn write_batch_unclassified(
         &self,
         collection: &str,
@@ -593,7 +608,7 @@ impl Store {
                 collection,
                 docs,
                 &chunk,
-                Guard::NotNewer,
+                Statement::Replace(Guard::NotNewer),
                 &mut outcomes,
                 &mut refused,
             )
@@ -629,12 +644,12 @@ impl Store {
         collection: &str,
         docs: &[RawDocumentBuf],
         index: usize,
-        guard: Guard,
+        form: Statement,
         outcomes: &mut [WriteResult],
         refused: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
         match self
-            .update_command(collection, docs, &[index], guard, outcomes, refused)
+            .update_command(collection, docs, &[index], form, outcomes, refused)
             .await
         {
             Err(e) if e.is_document_fault() => {
@@ -649,33 +664,37 @@ impl Store {
     }
 
     /// One unordered `update` command over `indexes` of `docs`; records insertions and
-    /// rejections in `outcomes` and duplicate-key refusals in `refused`.
+    /// rejections in `outcomes` and the statements not applied in `refused` ([`read_reply`]).
     async fn update_command(
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
         indexes: &[usize],
-        guard: Guard,
+        form: Statement,
         outcomes: &mut [WriteResult],
         refused: &mut Vec<usize>,
     ) -> Result<(), StoreError> {
-        let command = update_command(collection, guard, indexes.iter().map(|&i| docs[i].as_ref()));
+        let command = update_command(collection, form, indexes.iter().map(|&i| docs[i].as_ref()));
         let reply = self
             .db
             .run_raw_command(command)
             .await
             .map_err(|e| StoreError::driver("update", e))?;
-        read_reply(&reply, indexes, outcomes, refused)
+        read_reply(&reply, form, indexes, outcomes, refused)
     }
 }
 
-/// Reads an `update` command's reply: insertions and document faults into `outcomes`,
-/// duplicate-key refusals into `refused`. Any other statement error fails the whole command (to
-/// be retried; the statements that succeeded are idempotent), with one classification for
-/// statement and command errors: only the codes in [`DOCUMENT_FAULT_CODES`] blame the document.
-/// A code the server sent as a 64-bit integer or a double reads the same as an `int`.
+/// Reads an `update` command's reply: insertions into `outcomes`, and the statements not
+/// applied into `refused`: for [`Statement::Replace`], every one that failed with a code not
+/// worth retrying (they settle, which classifies them); for [`Statement::Settle`], the
+/// duplicate-key refusals (stale), while document faults go into `outcomes`. Any other
+/// statement error fails the whole command (to be retried; the statements that succeeded are
+/// idempotent), with one classification for statement and command errors: only the codes in
+/// [`DOCUMENT_FAULT_CODES`] blame the document. A code the server sent as a 64-bit integer or a
+/// double reads the same as an `int`.
 fn read_reply(
     reply: &Document,
+    form: Statement,
     indexes: &[usize],
     outcomes: &mut [WriteResult],
     refused: &mut Vec<usize>,
@@ -700,6 +719,9 @@ fn read_reply(
             continue;
         };
         match code_field(e) {
+            code if matches!(form, Statement::Replace(_)) && !is_transient_code(code) => {
+                refused.push(index);
+            }
             DUPLICATE_KEY => refused.push(index),
             code if is_document_fault_code(code) => {
                 outcomes[index] = Err(Rejected {
@@ -756,34 +778,102 @@ pub enum Guard {
     NotNewer,
 }
 
+/// The two forms of a statement (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statement {
+    /// The first attempt: found by `_id` alone, replaced if the stored version passes the
+    /// guard, failed otherwise.
+    Replace(Guard),
+    /// For those the first attempt did not apply: the `$lte` guard in the query, so a newer
+    /// stored version is refused with E11000.
+    Settle,
+}
+
 /// The unordered, stale-guarded `update` command for `docs`, as it goes on the wire.
 pub fn update_command<'a>(
     collection: &str,
-    guard: Guard,
+    form: Statement,
     docs: impl IntoIterator<Item = &'a RawDocument>,
 ) -> RawDocumentBuf {
     let mut updates = RawArrayBuf::new();
     for d in docs {
-        updates.push(guarded_upsert(d, guard));
+        updates.push(match form {
+            Statement::Replace(guard) => replace_statement(d, guard),
+            Statement::Settle => settle_statement(d),
+        });
     }
     rawdoc! {"update": collection, "updates": updates, "ordered": false}
 }
 
-/// One statement of the `update` command: replace `d` if the stored version passes `guard`,
-/// insert it if there is none (see the module docs).
-fn guarded_upsert(d: &RawDocument, guard: Guard) -> RawDocumentBuf {
-    let field = |key| d.get(key).ok().flatten().unwrap_or(RawBsonRef::Null);
+/// A field of a document to write, as it goes into a statement (`null` when absent).
+fn field<'a>(d: &'a RawDocument, key: &str) -> RawBsonRef<'a> {
+    d.get(key).ok().flatten().unwrap_or(RawBsonRef::Null)
+}
+
+/// The first attempt at `d`: `{q: {_id}, u: [{$replaceWith: {$cond: …}}], upsert: true}`.
+fn replace_statement(d: &RawDocument, guard: Guard) -> RawDocumentBuf {
     let op = match guard {
         Guard::Older => "$lt",
         Guard::NotNewer => "$lte",
     };
-    let mut lte = RawDocumentBuf::new();
-    lte.append_ref(op, field("updated_at"));
-    let mut filter = RawDocumentBuf::new();
-    filter.append_ref("_id", field("id"));
-    filter.append("updated_at", lte);
+    let new = with_id_first(d);
+    let mut versions = RawArrayBuf::new();
+    versions.push("$updated_at");
+    versions.push(field(d, "updated_at").to_raw_bson());
+    let mut passes = RawDocumentBuf::new();
+    passes.append(op, versions);
+    let mut choice = RawArrayBuf::new();
+    choice.push(passes);
+    choice.push(rawdoc! {"$literal": new});
+    // Not a document: `$replaceWith` fails, and so does this statement alone.
+    choice.push("not older");
+    let mut pipeline = RawArrayBuf::new();
+    pipeline.push(rawdoc! {"$replaceWith": {"$cond": choice}});
+    let mut query = RawDocumentBuf::new();
+    query.append_ref("_id", field(d, "id"));
     let mut statement = RawDocumentBuf::new();
-    statement.append("q", filter);
+    statement.append("q", query);
+    statement.append("u", pipeline);
+    statement.append("upsert", true);
+    statement.append("multi", false);
+    statement
+}
+
+/// `d` with `_id` = its `id` as the first field, as an insert would store it: `d`'s elements
+/// are copied behind it as they are (appending them field by field: 44,936 instead of
+/// 44,073 instructions per event, `scripts/bench-cpu`). Events never carry an `_id` (the decoder refuses one); if `d` has
+/// one anyway it is left out, so the server never sees two.
+fn with_id_first(d: &RawDocument) -> RawDocumentBuf {
+    let mut new = RawDocumentBuf::new();
+    new.append_ref("_id", field(d, "id"));
+    if d.get("_id").ok().flatten().is_some() {
+        for (key, value) in d.iter().flatten() {
+            if key != "_id" {
+                new.append_ref(key, value);
+            }
+        }
+        return new;
+    }
+    // A document is its length (4 bytes), its elements and a terminating 0.
+    let mut bytes = new.into_bytes();
+    bytes.pop();
+    let elements = d.as_bytes();
+    bytes.extend_from_slice(&elements[4..elements.len() - 1]);
+    bytes.push(0);
+    let length = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+    bytes[..4].copy_from_slice(&length.to_le_bytes());
+    RawDocumentBuf::from_bytes(bytes).unwrap_or_else(|_| d.to_owned())
+}
+
+/// The settling of `d`: `{q: {_id, updated_at: {$lte: T}}, u: d, upsert: true}`.
+fn settle_statement(d: &RawDocument) -> RawDocumentBuf {
+    let mut lte = RawDocumentBuf::new();
+    lte.append_ref("$lte", field(d, "updated_at"));
+    let mut query = RawDocumentBuf::new();
+    query.append_ref("_id", field(d, "id"));
+    query.append("updated_at", lte);
+    let mut statement = RawDocumentBuf::new();
+    statement.append("q", query);
     statement.append_ref("u", d);
     statement.append("upsert", true);
     statement.append("multi", false);
@@ -796,8 +886,8 @@ fn chunks(docs: &[RawDocumentBuf], indexes: &[usize]) -> Vec<Vec<usize>> {
     let mut current = Vec::new();
     let mut bytes = 0;
     for &i in indexes {
-        // Each statement carries the document plus a small filter.
-        let size = docs[i].as_bytes().len() + 128;
+        // Each statement carries the document plus its query and pipeline.
+        let size = docs[i].as_bytes().len() + 256;
         if !current.is_empty() && bytes + size > MAX_COMMAND_BYTES {
             out.push(std::mem::take(&mut current));
             bytes = 0;
@@ -814,6 +904,7 @@ fn chunks(docs: &[RawDocumentBuf], indexes: &[usize]) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mongodb::bson::DateTime;
 
     #[test]
     fn chunks_split_large_batches_and_keep_order() {
@@ -844,10 +935,84 @@ mod tests {
         doc! {"ok": 1, "n": 0, "writeErrors": [{"index": 0, "code": code, "errmsg": "x"}]}
     }
 
-    fn read(reply: &Document) -> (Result<(), StoreError>, Vec<WriteResult>, Vec<usize>) {
+    type Read = (Result<(), StoreError>, Vec<WriteResult>, Vec<usize>);
+
+    fn read_as(form: Statement, reply: &Document) -> Read {
         let (mut outcomes, mut refused) = (vec![Ok(Outcome::Updated)], Vec::new());
-        let r = read_reply(reply, &[0], &mut outcomes, &mut refused);
+        let r = read_reply(reply, form, &[0], &mut outcomes, &mut refused);
         (r, outcomes, refused)
+    }
+
+    /// The settling pass, where error codes classify the statement.
+    fn read(reply: &Document) -> Read {
+        read_as(Statement::Settle, reply)
+    }
+
+    #[test]
+    fn a_first_attempt_that_fails_settles_unless_worth_retrying() {
+        // Whatever the code, a failed replacement is not classified here: the settling pass
+        // does it, so no code of the deliberate failure is relied on.
+        for code in [40228, DUPLICATE_KEY, 10334, 2, 0] {
+            let (r, outcomes, refused) = read_as(
+                Statement::Replace(Guard::Older),
+                &reply_with_error(code.into()),
+            );
+            assert!(r.is_ok(), "code {code}");
+            assert_eq!(refused, vec![0], "code {code}");
+            assert!(outcomes[0].is_ok(), "code {code}: not dead-lettered yet");
+        }
+        let (r, _, refused) = read_as(
+            Statement::Replace(Guard::NotNewer),
+            &reply_with_error(91.into()),
+        );
+        assert!(r.unwrap_err().is_transient());
+        assert!(refused.is_empty());
+    }
+
+    #[test]
+    fn the_first_attempt_finds_by_id_alone_and_keeps_values_verbatim() {
+        let d = rawdoc! {"id": 7_i64, "updated_at": DateTime::from_millis(5), "note": "$x"};
+        let command = update_command("potato", Statement::Replace(Guard::Older), [d.as_ref()]);
+        let command = Document::try_from(command.as_ref()).unwrap();
+        let statement = command.get_array("updates").unwrap()[0]
+            .as_document()
+            .unwrap();
+        assert_eq!(statement.get_document("q").unwrap(), &doc! {"_id": 7_i64});
+        let stage = statement.get_array("u").unwrap()[0].as_document().unwrap();
+        let choice = stage
+            .get_document("$replaceWith")
+            .and_then(|r| r.get_array("$cond"))
+            .unwrap();
+        assert_eq!(
+            choice[0],
+            Bson::from(doc! {"$lt": ["$updated_at", DateTime::from_millis(5)]})
+        );
+        assert_eq!(
+            choice[1],
+            Bson::from(doc! {"$literal": {
+                "_id": 7_i64, "id": 7_i64,
+                "updated_at": DateTime::from_millis(5), "note": "$x",
+            }})
+        );
+        assert!(
+            !matches!(choice[2], Bson::Document(_)),
+            "the else branch must fail"
+        );
+        // A document that carries an `_id` of its own still gets exactly one: the id.
+        let own = with_id_first(&rawdoc! {"_id": 9_i64, "id": 7_i64, "x": 1});
+        assert_eq!(
+            Document::try_from(own.as_ref()).unwrap(),
+            doc! {"_id": 7_i64, "id": 7_i64, "x": 1}
+        );
+        let settle = update_command("potato", Statement::Settle, [d.as_ref()]);
+        let settle = Document::try_from(settle.as_ref()).unwrap();
+        let statement = settle.get_array("updates").unwrap()[0]
+            .as_document()
+            .unwrap();
+        assert_eq!(
+            statement.get_document("q").unwrap(),
+            &doc! {"_id": 7_i64, "updated_at": {"$lte": DateTime::from_millis(5)}}
+        );
     }
 
     #[test]

@@ -128,6 +128,33 @@ async fn documents_are_keyed_by_the_image_id() {
 }
 
 #[tokio::test]
+async fn values_that_read_like_expressions_are_stored_verbatim() {
+    // The first attempt wraps the document in an aggregation pipeline: without `$literal`, a
+    // string starting with `$` would be read as a field path and store another value.
+    let (s, _cleanup) = store().await;
+    for (from, id) in [(OutcomesFrom::Reply, 1), (OutcomesFrom::Read, 2)] {
+        for (ts, value, outcome) in [
+            ("2025-01-01T00:00:01Z", "$updated_at", Inserted),
+            ("2025-01-01T00:00:02Z", "$$ROOT", Updated),
+        ] {
+            let d = event_doc(id, ts, value);
+            let r = write_with(&s, std::slice::from_ref(&d), from)
+                .await
+                .unwrap();
+            assert_eq!(r, [Ok(outcome)], "{from:?} {value}");
+            let mut stored = s
+                .collection("potato")
+                .find_one(doc! {"_id": id})
+                .await
+                .unwrap()
+                .expect("written");
+            assert_eq!(stored.remove("_id"), Some(Bson::Int64(id)));
+            assert_eq!(stored, d, "{from:?}: stored exactly as sent");
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_layout_of_an_older_leafsync_is_refused_by_name() {
     let (s, _cleanup) = store().await;
     // Collections not created yet, and ones in this version's layout, pass.

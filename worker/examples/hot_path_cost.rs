@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use chrono::{DateTime, Utc};
 use leafsync_core::document::Projection;
-use leafsync_core::store::{update_command, Guard};
+use leafsync_core::store::{update_command, Guard, Statement};
 use leafsync_core::{Outcome, OutcomeCounts};
 use leafsync_loadtest::generator::{GenConfig, Generator};
 use leafsync_worker::plan::{plan, Consumed, Rules};
@@ -61,7 +61,7 @@ fn main() {
         let p = plan(black_box(&batch), &rules);
         let command = update_command(
             "potato",
-            Guard::Older,
+            Statement::Replace(Guard::Older),
             p.writes.iter().map(|w| w.doc.as_ref()),
         );
         black_box(command.as_bytes().len());
