@@ -118,6 +118,10 @@ enum Command {
         /// steady state without the first second of fresh connections and topics.
         #[arg(long, default_value_t = 0)]
         warmup: u64,
+        /// Drop the database once verified: the MongoDB stand-in's cost per write grows with the
+        /// collections it holds, so a benchmark that leaves its database behind slows the next.
+        #[arg(long)]
+        drop: bool,
     },
     /// Fill a backfill source with the current state of N images (a database on the configured
     /// MongoDB server and/or JSON Lines files) and write the expected state.
@@ -472,6 +476,7 @@ async fn main_async(
             timeout,
             out,
             warmup,
+            drop,
         } => {
             let rc = RunConfig {
                 flood: args.to_config(),
@@ -479,6 +484,7 @@ async fn main_async(
                 timeout: Duration::from_secs(timeout),
                 out: out.clone(),
                 warmup: Duration::from_secs(warmup),
+                drop,
             };
             let r = run(&config, rc).await?;
             print_run_summary(&r, &out);

@@ -1,5 +1,6 @@
 //! `run`: flood + verify while sampling throughput, lag and latency once a second.
 
+use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct RunConfig {
     pub out: PathBuf,
     /// Also report the latency of what was synced after this long (zero: not at all).
     pub warmup: Duration,
+    /// Drop the database once verified.
+    pub drop: bool,
 }
 
 /// The worker's hot-path stages, in path order (`leafsync_worker_stage_seconds{stage}`).
@@ -230,6 +233,13 @@ pub async fn run(config: &Config, rc: RunConfig) -> anyhow::Result<RunReport> {
         .max(Duration::from_secs(5));
     let verify = wait_until_synced(&store, &config.types, &expected, remaining).await?;
     let seconds_to_synced = started.elapsed().as_secs_f64();
+    if rc.drop {
+        store
+            .database()
+            .drop()
+            .await
+            .context("dropping the database after the run")?;
+    }
     let hist_end = latency_buckets(&client, &rc.metrics_urls)
         .await
         .unwrap_or_default();
