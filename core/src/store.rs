@@ -46,17 +46,18 @@
 //! failed one and a retry: cheaper when most are replays.
 //! The stream and the backfill alike pick one way per command ([`crate::outcome_policy::Chooser`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use std::collections::HashMap;
-
 use mongodb::bson::{
     doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
 };
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database};
+use tokio::task::JoinHandle;
 
 use crate::config::{ms, MongoConfig};
 use crate::image::ImageId;
@@ -266,10 +267,19 @@ fn error_class(e: &mongodb::error::Error) -> ErrorClass {
     }
 }
 
+/// How long a readiness ping may stay in flight before a probe abandons it and asks anew.
+pub const PROBE_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// A readiness ping in flight, and when it started.
+type Ping = (Instant, JoinHandle<bool>);
+
 /// Handle to the consumer database.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Database,
+    /// The readiness ping still in flight and when it started, shared by clones (see
+    /// [`Store::answers_within`]).
+    probe: Arc<tokio::sync::Mutex<Option<Ping>>>,
 }
 
 impl Store {
@@ -324,7 +334,10 @@ impl Store {
         opts.max_pool_size = Some(cfg.max_pool_size);
         let client = Client::with_options(opts).map_err(|e| StoreError::driver("connect", e))?;
         let db = client.database(&cfg.database);
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            probe: Arc::default(),
+        })
     }
 
     /// The underlying database, for tools that need more than this type offers.
@@ -347,8 +360,36 @@ impl Store {
     }
 
     /// Whether the server answers a ping within `timeout` (for readiness probes).
+    ///
+    /// A ping that outlives its probe is not cancelled but left to the next probe: the driver
+    /// closes a connection dropped mid-command, and on a link where a new connection's handshake
+    /// plus one round trip exceeds `timeout`, each probe would then be cut in turn. At most one
+    /// ping is in flight, so a hung server holds one pooled connection, not one per probe; one
+    /// older than [`PROBE_GIVE_UP`] is abandoned, so a connection that went silent (a network
+    /// cut that healed) cannot keep the answer at no for as long as TCP keeps retrying.
     pub async fn answers_within(&self, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, self.ping()).await, Ok(Ok(())))
+        let mut slot = self.probe.lock().await;
+        let (since, mut ping) = match slot.take() {
+            Some((since, running)) if !running.is_finished() && since.elapsed() < PROBE_GIVE_UP => {
+                (since, running)
+            }
+            // None yet, one that answered late, or one in flight for too long: ask anew.
+            old => {
+                if let Some((_, stuck)) = old {
+                    stuck.abort();
+                }
+                let db = self.db.clone();
+                let ping = async move { db.run_command(doc! {"ping": 1}).await.is_ok() };
+                (Instant::now(), tokio::spawn(ping))
+            }
+        };
+        match tokio::time::timeout(timeout, &mut ping).await {
+            Ok(answer) => answer.unwrap_or(false),
+            Err(_) => {
+                *slot = Some((since, ping));
+                false
+            }
+        }
     }
 
     /// Refuses (permanently) a collection still in the layout of leafsync before documents were

@@ -10,8 +10,10 @@ use leafsync_core::store::{
 };
 use leafsync_core::Outcome::*;
 use leafsync_core::{ImageId, Rejected, Version, WriteResult};
-use leafsync_testkit::Cleanup;
+use leafsync_testkit::{Cleanup, DelayProxy};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 fn event_doc(id: i64, ts: &str, label: &str) -> Document {
     let json = format!(
@@ -20,6 +22,18 @@ fn event_doc(id: i64, ts: &str, label: &str) -> Document {
     ImageEvent::decode(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES)
         .unwrap()
         .to_document(&Projection::all())
+}
+
+/// The stand-in's address, from the stack's `mongodb://IP:PORT/...` URI.
+fn stack_mongo(c: &leafsync_core::config::Config) -> SocketAddr {
+    c.mongo
+        .uri
+        .expose()
+        .trim_start_matches("mongodb://")
+        .split('/')
+        .next()
+        .and_then(|hostport| hostport.parse().ok())
+        .expect("the stack's URI is mongodb://IP:PORT/...")
 }
 
 /// `Store::write_batch` with documents built as maps (easier to edit in a test).
@@ -309,6 +323,66 @@ async fn unreachable_server_is_a_transient_error() {
         std::error::Error::source(&e).is_some(),
         "the driver's error is kept as the source"
     );
+}
+
+/// A readiness ping cut by its timeout must not fail the probes after it. The driver closes a
+/// connection dropped mid-command, so a cancelled ping left the next probe to open a connection
+/// first; on a link where that plus one round trip is longer than the timeout, every probe was
+/// cut in turn and `/ready` stayed 503, although the server answered each ping in half of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_cut_by_its_timeout_does_not_fail_the_ones_after_it() {
+    let (mut c, _cleanup) = common::config();
+    let link = DelayProxy::start(stack_mongo(&c), Duration::ZERO).await;
+    c.mongo.uri = leafsync_core::config::Secret::new(format!(
+        "mongodb://{}/?directConnection=true",
+        link.addr
+    ));
+    let s = Store::connect(&c.mongo, "leafsync-test").await.unwrap();
+    let timeout = Duration::from_millis(800);
+
+    // One slow answer: the ping in flight outlives its probe.
+    link.set_delay(Duration::from_millis(1500));
+    assert!(!s.answers_within(timeout).await, "a 3 s round trip is cut");
+    // Then a round trip of 500 ms: a ping on an open connection fits the timeout; a new
+    // connection's handshake and then its ping (1 s) do not.
+    link.set_delay(Duration::from_millis(250));
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(s.answers_within(timeout).await);
+    }
+    assert!(
+        answers.contains(&true),
+        "every probe after the slow answer failed: {answers:?}"
+    );
+}
+
+/// A ping on a connection that went silent is not waited for forever: after the link heals,
+/// the probes answer yes again within `PROBE_GIVE_UP` (10 s), not when its reply comes after a
+/// minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_gives_up_on_a_ping_that_went_silent() {
+    let (mut c, _cleanup) = common::config();
+    let link = DelayProxy::start(stack_mongo(&c), Duration::ZERO).await;
+    c.mongo.uri = leafsync_core::config::Secret::new(format!(
+        "mongodb://{}/?directConnection=true",
+        link.addr
+    ));
+    let s = Store::connect(&c.mongo, "leafsync-test").await.unwrap();
+    let timeout = Duration::from_millis(800);
+    link.set_delay(Duration::from_secs(60));
+    assert!(!s.answers_within(timeout).await, "silent");
+    link.set_delay(Duration::ZERO);
+    let healed = std::time::Instant::now();
+    while !s.answers_within(timeout).await {
+        assert!(
+            // A literal, not the constant: a give-up of an hour must fail here.
+            healed.elapsed() < Duration::from_secs(15),
+            "no yes {:?} after the heal",
+            healed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("ready again {:?} after the heal", healed.elapsed());
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod delay;
 mod netns;
+pub use delay::DelayProxy;
 pub use netns::{NetNs, Server};
 
 /// A name no other test (or earlier run) uses; also valid as a topic and database name.
@@ -449,14 +451,16 @@ pub async fn wait_for_status(
     context: impl Fn() -> String,
 ) {
     let deadline = Instant::now() + timeout;
+    let mut last = None;
     while Instant::now() < deadline {
-        if http_get(addr, path).await.is_some_and(|(s, _)| s == status) {
+        last = http_get(addr, path).await;
+        if last.as_ref().is_some_and(|(s, _)| *s == status) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
-        "{path} did not answer {status} within {timeout:?}\n{}",
+        "{path} did not answer {status} within {timeout:?}; its last answer: {last:?}\n{}",
         context()
     );
 }

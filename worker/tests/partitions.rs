@@ -376,12 +376,12 @@ async fn cut_from_the_database_it_holds_then_resumes() {
             inside.events_total("").await > n
         })
         .await;
-        until("/ready answers 200", Duration::from_secs(30), || async {
+        let ready = until("/ready answers 200", Duration::from_secs(30), || async {
             matches!(inside.get("/ready").await, Some((200, _)))
         })
         .await;
         println!(
-            "database cut: /ready 503 after {unready:?}; writing again {resumed:?} after the heal"
+            "database cut: /ready 503 after {unready:?}; writing again {resumed:?} after the heal, /ready 200 {ready:?} later"
         );
         stop.store(true, Ordering::Relaxed);
     };
