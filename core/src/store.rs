@@ -378,8 +378,8 @@ impl Store {
                 if let Some((_, stuck)) = old {
                     stuck.abort();
                 }
-                let db = self.db.clone();
-                let ping = async move { db.run_command(doc! {"ping": 1}).await.is_ok() };
+                let store = self.clone();
+                let ping = async move { store.ping().await.is_ok() };
                 (Instant::now(), tokio::spawn(ping))
             }
         };
