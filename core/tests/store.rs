@@ -12,7 +12,7 @@ use leafsync_core::Outcome::*;
 use leafsync_core::{ImageId, Rejected, Version, WriteResult};
 use leafsync_testkit::{Cleanup, DelayProxy};
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
-use std::net::SocketAddr;
+use mongodb::options::{ClientOptions, ServerAddress};
 use std::time::Duration;
 
 fn event_doc(id: i64, ts: &str, label: &str) -> Document {
@@ -24,16 +24,26 @@ fn event_doc(id: i64, ts: &str, label: &str) -> Document {
         .to_document(&Projection::all())
 }
 
-/// The stand-in's address, from the stack's `mongodb://IP:PORT/...` URI.
-fn stack_mongo(c: &leafsync_core::config::Config) -> SocketAddr {
-    c.mongo
-        .uri
-        .expose()
-        .trim_start_matches("mongodb://")
-        .split('/')
+/// A store on a fresh database of the stack's, reached through a relay whose delay the test
+/// sets (none at first); connected, so its pool holds one open connection.
+async fn store_behind_relay() -> (Store, DelayProxy, Cleanup) {
+    let (mut c, cleanup) = common::config();
+    let opts = ClientOptions::parse(c.mongo.uri.expose()).await.unwrap();
+    let ServerAddress::Tcp { host, port } = &opts.hosts[0] else {
+        panic!("the stack's database listens on TCP: {:?}", opts.hosts);
+    };
+    let server = tokio::net::lookup_host((host.as_str(), port.unwrap_or(27017)))
+        .await
+        .unwrap()
         .next()
-        .and_then(|hostport| hostport.parse().ok())
-        .expect("the stack's URI is mongodb://IP:PORT/...")
+        .expect("the stack's database host resolves");
+    let link = DelayProxy::start(server, Duration::ZERO).await;
+    c.mongo.uri = leafsync_core::config::Secret::new(format!(
+        "mongodb://{}/?directConnection=true",
+        link.addr
+    ));
+    let s = Store::connect(&c.mongo, "leafsync-test").await.unwrap();
+    (s, link, cleanup)
 }
 
 /// `Store::write_batch` with documents built as maps (easier to edit in a test).
@@ -331,13 +341,7 @@ async fn unreachable_server_is_a_transient_error() {
 /// cut in turn and `/ready` stayed 503, although the server answered each ping in half of it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_probe_cut_by_its_timeout_does_not_fail_the_ones_after_it() {
-    let (mut c, _cleanup) = common::config();
-    let link = DelayProxy::start(stack_mongo(&c), Duration::ZERO).await;
-    c.mongo.uri = leafsync_core::config::Secret::new(format!(
-        "mongodb://{}/?directConnection=true",
-        link.addr
-    ));
-    let s = Store::connect(&c.mongo, "leafsync-test").await.unwrap();
+    let (s, link, _cleanup) = store_behind_relay().await;
     let timeout = Duration::from_millis(800);
 
     // One slow answer: the ping in flight outlives its probe.
@@ -361,13 +365,7 @@ async fn a_probe_cut_by_its_timeout_does_not_fail_the_ones_after_it() {
 /// minute.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_probe_gives_up_on_a_ping_that_went_silent() {
-    let (mut c, _cleanup) = common::config();
-    let link = DelayProxy::start(stack_mongo(&c), Duration::ZERO).await;
-    c.mongo.uri = leafsync_core::config::Secret::new(format!(
-        "mongodb://{}/?directConnection=true",
-        link.addr
-    ));
-    let s = Store::connect(&c.mongo, "leafsync-test").await.unwrap();
+    let (s, link, _cleanup) = store_behind_relay().await;
     let timeout = Duration::from_millis(800);
     link.set_delay(Duration::from_secs(60));
     assert!(!s.answers_within(timeout).await, "silent");

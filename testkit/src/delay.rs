@@ -1,6 +1,6 @@
-//! A TCP relay that holds every chunk for a fixed time each way: a long link without root (the
-//! namespaces of [`crate::NetNs`] need it), for tests of how a client behaves when a round trip
-//! is a large part of its timeouts.
+//! A TCP relay that holds every chunk for a set time each way, changeable while it runs: a long
+//! link without root (the namespaces of [`crate::NetNs`] need it), for tests of how a client
+//! behaves when a round trip is a large part of its timeouts.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
