@@ -1,7 +1,7 @@
 //! Topic administration through the Kafka protocol (AdminClient), shared by the load tool,
 //! the worker's replay command and the tests.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use leafsync_core::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication, TopicResult};
@@ -9,6 +9,7 @@ use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::{AsyncRuntime, DefaultRuntime};
 
 use crate::client::ClientConfigExt;
 
@@ -71,7 +72,11 @@ fn refusals(
     Ok(())
 }
 
-/// Creates each topic with `partitions` partitions unless it exists.
+/// How long [`ensure_topics`] waits for new topics to show in the broker's metadata.
+const NEW_TOPIC_VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Creates each topic with `partitions` partitions unless it exists, and returns once the
+/// broker's metadata lists every one of them.
 pub async fn ensure_topics(
     cfg: &KafkaConfig,
     topics: &[&str],
@@ -90,7 +95,26 @@ pub async fn ensure_topics(
         "create topic",
         results,
         RDKafkaErrorCode::TopicAlreadyExists,
-    )
+    )?;
+    // CreateTopics answers once the controller has the topics; a broker learns of them a moment
+    // later, and a metadata request before that says "unknown topic" ("It may take several
+    // seconds after CreateTopicsResult returns success for all the brokers to become aware that
+    // the topics have been created": the `createTopics` javadoc of Kafka's `Admin`). A producer
+    // started right after would refuse the topic, so wait until it is listed.
+    let deadline = Instant::now() + NEW_TOPIC_VISIBLE_WITHIN;
+    for topic in topics {
+        while partition_count_via(admin.inner(), topic, Duration::from_secs(2))? == 0 {
+            if Instant::now() >= deadline {
+                return Err(AdminError::Topic {
+                    op: "create topic (not in the broker's metadata in time)",
+                    topic: (*topic).to_owned(),
+                    code: RDKafkaErrorCode::UnknownTopicOrPartition,
+                });
+            }
+            DefaultRuntime::delay_for(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes topics; ones that do not exist are not an error (for test clean-up).

@@ -91,3 +91,38 @@ async fn produce_and_consume_one_event_with_headers_in_a_group() {
         .commit_message(&m, rdkafka::consumer::CommitMode::Sync)
         .unwrap();
 }
+
+/// Topics are listed by the broker as soon as `ensure_topics` returns, so a producer or a
+/// consumer started right after finds them (CreateTopics answers before every broker knows).
+#[tokio::test]
+async fn new_topics_are_in_the_metadata_when_ensure_topics_returns() {
+    let config = Config::load(None).unwrap();
+    let topics: Vec<String> = (0..30).map(|i| unique(&format!("fresh{i}"))).collect();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _cleanup = {
+        let (kafka, topics) = (config.kafka.clone(), topics.clone());
+        Cleanup::new("fresh topics", move || async move {
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            delete_topics(&kafka, &refs)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    ensure_topics(&config.kafka, &refs, 6)
+        .await
+        .expect("broker up (scripts/stack up)");
+    // One metadata request for all, at once: none may be missing.
+    let consumer: rdkafka::consumer::BaseConsumer = config.kafka.client_config().create().unwrap();
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    let missing: Vec<&String> = topics
+        .iter()
+        .filter(|t| {
+            !md.topics()
+                .iter()
+                .any(|m| &m.name() == t && m.error().is_none() && m.partitions().len() == 6)
+        })
+        .collect();
+    assert!(missing.is_empty(), "not yet in the metadata: {missing:?}");
+}
