@@ -206,6 +206,11 @@ mod tests {
         let mut e = event();
         e.extra.insert("a\0b".into(), Value::from(1));
         assert!(e.to_raw_document(&Projection::all()).is_err());
+        let mut nested = event();
+        nested
+            .extra
+            .insert("x".into(), serde_json::json!([{"a\0b": 1}]));
+        assert!(nested.to_raw_document(&Projection::all()).is_err());
     }
 
     proptest::proptest! {

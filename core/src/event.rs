@@ -2,7 +2,11 @@
 //! (`docs/events.md`). Decoding is strict and says exactly what is wrong, because a bad event is
 //! dead-lettered with that reason and a person reads it.
 
+use std::fmt;
+
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::image::ImageId;
@@ -142,17 +146,6 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
     // Truncation cannot overflow for any timestamp chrono parses from RFC 3339.
     t.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(t)
@@ -172,12 +165,144 @@ pub(crate) fn parse_timestamp(
     Ok(to_millis(t.with_timezone(&Utc)))
 }
 
-struct Fields(Map<String, Value>);
+/// The contract's fields, in the order [`ImageEvent::from_fields`] checks them.
+const KNOWN: [&str; 11] = [
+    "id",
+    "updated_at",
+    "deleted",
+    "name",
+    "url",
+    "size",
+    "width",
+    "height",
+    "label",
+    "user_id",
+    "created_at",
+];
+
+/// An event object read in one pass: each known field into its slot, the rest into `extra`.
+/// Reading the object into a `serde_json::Value` first built a map of every field only to take
+/// the known ones out again: the larger part of the worker's instructions per event
+/// (docs/benchmarks.md, "CPU per event"). A repeated name keeps its last value, as a map did.
+#[derive(Default)]
+struct Fields {
+    known: [Option<Value>; KNOWN.len()],
+    extra: Map<String, Value>,
+}
+
+/// A message's top-level JSON value: an object's fields, or the kind of anything else.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one lives for one decode; a box would cost an allocation per event"
+)]
+enum TopLevel {
+    Object(Fields),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for TopLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a string"))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("null"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        // Read to the end, so that bad JSON inside is still "not valid JSON".
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Other("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut f = Fields::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let value: Value = map.next_value()?;
+            match key {
+                Key::Known(i) => f.known[i] = Some(value),
+                Key::Extra(k) => {
+                    f.extra.insert(k, value);
+                }
+            }
+        }
+        Ok(TopLevel::Object(f))
+    }
+}
+
+/// A field name: one of [`KNOWN`] (no allocation) or an unknown one.
+enum Key {
+    Known(usize),
+    Extra(String),
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, k: &str) -> Result<Key, E> {
+        Ok(match KNOWN.iter().position(|n| *n == k) {
+            Some(i) => Key::Known(i),
+            None => Key::Extra(k.to_owned()),
+        })
+    }
+
+    fn visit_string<E: de::Error>(self, k: String) -> Result<Key, E> {
+        Ok(match KNOWN.iter().position(|n| *n == k) {
+            Some(i) => Key::Known(i),
+            None => Key::Extra(k),
+        })
+    }
+}
 
 impl Fields {
-    /// Removes a field; JSON null counts as absent, as producers emit null for empty columns.
+    /// Takes a known field; JSON null counts as absent, as producers emit null for empty columns.
     fn take(&mut self, field: &str) -> Option<Value> {
-        self.0.remove(field).filter(|v| !v.is_null())
+        let i = KNOWN.iter().position(|n| *n == field)?;
+        self.known[i].take().filter(|v| !v.is_null())
     }
 
     fn string(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
@@ -253,16 +378,13 @@ impl ImageEvent {
             });
         }
         let text = std::str::from_utf8(value).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
-        let json: Value =
-            serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        let Value::Object(map) = json else {
-            return Err(DecodeError::NotObject(json_kind(&json)));
-        };
-        Self::from_object(map)
+        match serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))? {
+            TopLevel::Object(fields) => Self::from_fields(fields),
+            TopLevel::Other(kind) => Err(DecodeError::NotObject(kind)),
+        }
     }
 
-    fn from_object(map: Map<String, Value>) -> Result<Self, DecodeError> {
-        let mut f = Fields(map);
+    fn from_fields(mut f: Fields) -> Result<Self, DecodeError> {
         let id = match f.take("id") {
             None => return Err(DecodeError::MissingField("id")),
             Some(v) => v
@@ -285,7 +407,7 @@ impl ImageEvent {
             label: f.string("label")?,
             user_id: f.non_negative("user_id")?,
             created_at: f.timestamp("created_at")?,
-            extra: f.0,
+            extra: f.extra,
         };
         if let Some(k) = event
             .extra
@@ -528,7 +650,68 @@ mod tests {
         assert_eq!(e, again);
     }
 
+    /// The decoder as it was before the one-pass read: the whole value as a `serde_json::Value`,
+    /// then the object's fields split into known and unknown. The oracle for the one-pass read.
+    fn decode_via_value(text: &str) -> Result<ImageEvent, DecodeError> {
+        let json: Value =
+            serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        let map = match json {
+            Value::Object(map) => map,
+            Value::Null => return Err(DecodeError::NotObject("null")),
+            Value::Bool(_) => return Err(DecodeError::NotObject("a boolean")),
+            Value::Number(_) => return Err(DecodeError::NotObject("a number")),
+            Value::String(_) => return Err(DecodeError::NotObject("a string")),
+            Value::Array(_) => return Err(DecodeError::NotObject("an array")),
+        };
+        let mut f = Fields::default();
+        for (k, v) in map {
+            match KNOWN.iter().position(|n| *n == k) {
+                Some(i) => f.known[i] = Some(v),
+                None => {
+                    f.extra.insert(k, v);
+                }
+            }
+        }
+        ImageEvent::from_fields(f)
+    }
+
+    /// A JSON value of the kinds producers send, valid for a field or not.
+    fn json_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            (-3i64..5_000).prop_map(|n| n.to_string()),
+            Just("9223372036854775808".to_owned()),
+            Just("1.5".to_owned()),
+            Just(r#""2025-12-10T20:21:54.123Z""#.to_owned()),
+            Just(r#""not a time""#.to_owned()),
+            Just(r#"{"a":[1,{"b":null}]}"#.to_owned()),
+            Just(r#"["x",2]"#.to_owned()),
+        ]
+    }
+
     proptest! {
+        // The one-pass read decides every object exactly as reading a `Value` first did: same
+        // event or same error, with repeated names, nulls and wrong types.
+        #[test]
+        fn one_pass_read_equals_reading_a_value_first(
+            fields in proptest::collection::vec(
+                (prop::sample::select(vec!["id", "updated_at", "deleted", "name", "size", "user_id",
+                    "created_at", "label", "camera", "_id", "$x", ""]), json_value()),
+                0..8,
+            ),
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            let text = format!("{{{}}}", body.join(","));
+            prop_assert_eq!(decode(&text), decode_via_value(&text));
+        }
+
+        // And anything else, JSON or not, gets the same answer too.
+        #[test]
+        fn one_pass_read_equals_reading_a_value_first_for_any_text(text in r#"[\[\]{}":,0-9a-z .\-]{0,40}"#) {
+            prop_assert_eq!(decode(&text), decode_via_value(&text));
+        }
+
         // Arbitrary bytes never panic the decoder; any success is a well-formed event.
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
