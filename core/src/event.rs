@@ -180,6 +180,11 @@ const KNOWN: [&str; 11] = [
     "created_at",
 ];
 
+/// Where `name` sits in [`KNOWN`], if it is a contract field.
+fn known_index(name: &str) -> Option<usize> {
+    KNOWN.iter().position(|n| *n == name)
+}
+
 /// An event object read in one pass: each known field into its slot, the rest into `extra`.
 /// Reading the object into a `serde_json::Value` first built a map of every field only to take
 /// the known ones out again: the larger part of the worker's instructions per event
@@ -284,16 +289,9 @@ impl Visitor<'_> for KeySeed {
     }
 
     fn visit_str<E: de::Error>(self, k: &str) -> Result<Key, E> {
-        Ok(match KNOWN.iter().position(|n| *n == k) {
+        Ok(match known_index(k) {
             Some(i) => Key::Known(i),
             None => Key::Extra(k.to_owned()),
-        })
-    }
-
-    fn visit_string<E: de::Error>(self, k: String) -> Result<Key, E> {
-        Ok(match KNOWN.iter().position(|n| *n == k) {
-            Some(i) => Key::Known(i),
-            None => Key::Extra(k),
         })
     }
 }
@@ -301,8 +299,9 @@ impl Visitor<'_> for KeySeed {
 impl Fields {
     /// Takes a known field; JSON null counts as absent, as producers emit null for empty columns.
     fn take(&mut self, field: &str) -> Option<Value> {
-        let i = KNOWN.iter().position(|n| *n == field)?;
-        self.known[i].take().filter(|v| !v.is_null())
+        self.known[known_index(field)?]
+            .take()
+            .filter(|v| !v.is_null())
     }
 
     fn string(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
@@ -665,7 +664,7 @@ mod tests {
         };
         let mut f = Fields::default();
         for (k, v) in map {
-            match KNOWN.iter().position(|n| *n == k) {
+            match known_index(&k) {
                 Some(i) => f.known[i] = Some(v),
                 None => {
                     f.extra.insert(k, v);
