@@ -59,10 +59,12 @@ class Reader:
         return s
 
 
-def listed_topics(r: Reader) -> dict:
-    """After the correlation id: name → (error code, partition count) of every topic answered."""
+def answer(r: Reader) -> tuple:
+    """After the correlation id: how many brokers, and name → (error code, partition count) of
+    every topic answered."""
     r.take(">i")  # throttle_time_ms
-    for _ in range(r.take(">i")):  # brokers: node_id, host, port, rack
+    brokers = r.take(">i")
+    for _ in range(brokers):  # node_id, host, port, rack
         r.take(">i"), r.string(), r.take(">i"), r.string()
     r.string()  # cluster_id
     r.take(">i")  # controller_id
@@ -75,7 +77,7 @@ def listed_topics(r: Reader) -> dict:
             for _ in range(2):
                 r.take(f">{r.take('>i')}i")
         topics[name] = (error, partitions)
-    return topics
+    return brokers, topics
 
 
 def main() -> int:
@@ -91,10 +93,9 @@ def main() -> int:
     r = Reader(resp)
     if r.take(">i") != CORRELATION:
         return 1
-    if struct.unpack_from(">i", resp, 8)[0] < 1:  # the brokers array's count
-        return 1
-    listed = listed_topics(r)
-    return 0 if all(listed.get(t, (1, 0))[0] == 0 and listed[t][1] > 0 for t in topics) else 1
+    brokers, listed = answer(r)
+    ready = brokers >= 1 and all(listed.get(t, (1, 0))[0] == 0 and listed[t][1] > 0 for t in topics)
+    return 0 if ready else 1
 
 
 if __name__ == "__main__":
